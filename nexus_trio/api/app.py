@@ -1,0 +1,152 @@
+"""The ASGI application: chat completions on the proxy's own path, the rest on Quart.
+
+``make_app`` returns one ASGI callable. ``POST /v1/chat/completions`` goes to
+`nexus_trio.api.chat` (see there for why it is plain ASGI); every other path,
+and the lifespan protocol, goes to the quart-trio app built here. Every error,
+from either side, is an OpenAI-shaped JSON body — never HTML.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from quart import Response, jsonify
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from nexus_trio import __version__
+from nexus_trio.api.chat import ASGIDownstream, handle_chat, send_json
+from nexus_trio.api.models import model_entries, model_entry
+from nexus_trio.errors import ModelNotFound, NexusError, error_body
+from nexus_trio.gateway import Gateway
+from nexus_trio.registry import Health
+from nexus_trio.routing.router import nearest_models
+
+__all__ = ["make_app"]
+
+log = logging.getLogger("nexus.api")
+
+CHAT_PATH = "/v1/chat/completions"
+
+
+def _error_response(status: int, message: str, type_: str, code: str | None) -> Response:
+    response = jsonify(error_body(message, type_, code=code))
+    response.status_code = status
+    return response
+
+
+def _nexus_error_response(error: NexusError) -> Response:
+    response = jsonify(error.to_dict())
+    response.status_code = error.status
+    for name, value in error.headers():
+        response.headers[name] = value
+    return response
+
+
+def make_quart_app(gateway: Gateway) -> QuartTrio:
+    """Every route but chat completions."""
+    app = QuartTrio("nexus_trio")
+    app.config["MAX_CONTENT_LENGTH"] = gateway.settings.server.max_body_bytes
+    registry = gateway.registry
+    routing = gateway.settings.routing
+
+    def created() -> int:
+        return int(gateway.started_at)
+
+    @app.get("/v1/models")
+    async def list_models() -> Response:
+        entries = model_entries(registry.backends, routing.aliases, routing.resolve_alias,
+                                created())
+        return jsonify({"object": "list", "data": entries})
+
+    @app.get("/v1/models/<path:model_id>")
+    async def retrieve_model(model_id: str) -> Response:
+        entry = model_entry(routing.resolve_alias(model_id), registry.backends, created())
+        if entry is None:
+            raise ModelNotFound(model_id, nearest_models(model_id, registry.model_ids()))
+        if entry["id"] != model_id:
+            entry = {**entry, "id": model_id, "alias_for": entry["id"]}
+        return jsonify(entry)
+
+    @app.get("/health")
+    async def health() -> Response:
+        backends = registry.backends
+        up = sum(b.routable for b in backends)
+        if backends and up == len(backends):
+            status = "healthy"
+        elif up:
+            status = "degraded"
+        else:
+            status = "unhealthy"
+        body: dict[str, Any] = {
+            "status": status,
+            "backends": {
+                b.name: {
+                    "status": b.health.value,
+                    "type": b.type.value,
+                    "source": b.source,
+                    "models": len(b.models),
+                    "in_flight": b.in_flight,
+                    "detail": b.health_detail or None,
+                }
+                for b in backends
+            },
+            "models": len(registry.model_ids()),
+            "uptime_seconds": round(gateway.uptime_seconds, 3),
+            "version": __version__,
+        }
+        response = jsonify(body)
+        # 503 when nothing can serve: what load balancers and orchestrators look at.
+        response.status_code = 200 if status != "unhealthy" else 503
+        return response
+
+    @app.errorhandler(NexusError)
+    async def nexus_error(error: NexusError) -> Response:
+        return _nexus_error_response(error)
+
+    @app.errorhandler(HTTPException)
+    async def http_error(error: HTTPException) -> Response:
+        status = error.code or 500
+        if isinstance(error, RequestEntityTooLarge):
+            return _error_response(413, "The request body is over the limit.",
+                                   "invalid_request_error", "request_too_large")
+        if status == 404:
+            message = "No such endpoint. Nexus serves /v1/chat/completions, /v1/models and /health."
+        else:
+            message = f"{error.name}: {error.description}"
+        type_ = "invalid_request_error" if status < 500 else "server_error"
+        return _error_response(status, message, type_, error.name.lower().replace(" ", "_"))
+
+    @app.errorhandler(Exception)
+    async def unexpected(error: Exception) -> Response:
+        log.exception("unhandled error in Nexus", exc_info=error)
+        return _error_response(500, "Nexus failed to handle this request; this is a bug.",
+                               "server_error", "internal_error")
+
+    return app
+
+
+def make_app(gateway: Gateway) -> Any:
+    """The ASGI callable hypercorn serves."""
+    quart_app = make_quart_app(gateway)
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] == CHAT_PATH:
+            if scope["method"] == "POST":
+                await handle_chat(gateway, scope, receive, send)
+            else:
+                await send_json(
+                    ASGIDownstream(send),
+                    405,
+                    json.dumps(
+                        error_body(f"{CHAT_PATH} only accepts POST.", "invalid_request_error",
+                                   code="method_not_allowed")
+                    ).encode(),
+                    [("allow", "POST")],
+                )
+            return
+        await quart_app(scope, receive, send)  # type: ignore[arg-type]
+
+    return app

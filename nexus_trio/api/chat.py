@@ -1,0 +1,214 @@
+"""``POST /v1/chat/completions`` as a plain ASGI handler.
+
+This one route bypasses Quart's response model on purpose. Quart sends the
+response headers as soon as a handler returns, and a body generator that has
+not started yet never runs its ``finally``; the proxy needs the opposite: hold
+the headers until a backend has produced its first event (the commit point),
+and own every deadline and counter inside one task so a client disconnect
+cancels all of it and leaves nothing behind. Everything else is served by the
+Quart app (`nexus_trio.api.app`).
+
+The task layout per request: a nursery holding the proxy (in the handler's
+own task) and a watcher that cancels the nursery when ASGI reports
+``http.disconnect``.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+import trio
+
+from nexus_trio.errors import BodyTooLarge, NexusError, NoHealthyBackend
+from nexus_trio.gateway import Gateway
+from nexus_trio.logs import log_request
+from nexus_trio.proxy.forward import Outcome, forward_chat, sse_error_event
+from nexus_trio.routing.requirements import parse_chat_request
+from nexus_trio.routing.router import plan_route
+
+__all__ = ["ASGIDownstream", "handle_chat", "header_value", "request_id_of", "send_json"]
+
+log = logging.getLogger("nexus.api")
+
+ASGIReceive = Any  # hypercorn.typing.ASGIReceiveCallable, untyped here to keep mypy simple
+ASGISend = Any
+Scope = dict[str, Any]
+
+_MAX_REQUEST_ID = 128
+
+
+def header_value(value: str) -> bytes:
+    """A header value safe to send: no CR/LF (names from the network could inject
+    headers), non-Latin-1 characters escaped."""
+    cleaned = value.replace("\r", " ").replace("\n", " ")
+    return cleaned.encode("latin-1", "backslashreplace")
+
+
+def request_id_of(scope: Scope) -> str:
+    """The client's ``X-Request-Id`` when it sent a sane one, else a fresh one."""
+    for name, value in scope.get("headers", ()):
+        if name == b"x-request-id":
+            text: str = value.decode("latin-1").strip()
+            if 0 < len(text) <= _MAX_REQUEST_ID and text.isprintable():
+                return text
+    return uuid.uuid4().hex
+
+
+class ASGIDownstream:
+    """Writes one response through ASGI ``send``; remembers whether it has begun."""
+
+    __slots__ = ("_send", "ended", "started", "status")
+
+    def __init__(self, send: ASGISend) -> None:
+        self._send = send
+        self.started = False
+        self.ended = False
+        self.status = 0
+
+    async def start(self, status: int, headers: list[tuple[str, str]]) -> None:
+        self.started = True
+        self.status = status
+        await self._send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(k.encode(), header_value(v)) for k, v in headers],
+            }
+        )
+
+    async def send(self, data: bytes) -> None:
+        if data:
+            await self._send({"type": "http.response.body", "body": data, "more_body": True})
+
+    async def end(self) -> None:
+        if not self.ended:
+            self.ended = True
+            await self._send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def send_json(
+    downstream: ASGIDownstream, status: int, body: bytes, headers: list[tuple[str, str]]
+) -> None:
+    await downstream.start(status, [("content-type", "application/json"), *headers])
+    await downstream.send(body)
+    await downstream.end()
+
+
+async def _read_body(scope: Scope, receive: ASGIReceive, limit: int) -> bytes | None:
+    """The whole request body, or None if the client left before sending it."""
+    too_large = BodyTooLarge(
+        f"The request body is larger than the {limit}-byte limit (server.max_body_bytes)."
+    )
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length" and value.isdigit() and int(value) > limit:
+            raise too_large
+    body = bytearray()
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        body += message.get("body", b"")
+        if len(body) > limit:
+            raise too_large
+        if not message.get("more_body", False):
+            return bytes(body)
+
+
+class _DisconnectWatch:
+    """Cancels the request's scope when ASGI reports the client gone."""
+
+    __slots__ = ("gone",)
+
+    def __init__(self) -> None:
+        self.gone = False
+
+    async def run(self, receive: ASGIReceive, scope: trio.CancelScope) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        self.gone = True
+        scope.cancel()
+
+
+async def handle_chat(gateway: Gateway, scope: Scope, receive: ASGIReceive, send: ASGISend) -> None:
+    """Serve one chat completion request end to end (ASGI)."""
+    request_id = request_id_of(scope)
+    downstream = ASGIDownstream(send)
+    outcome = Outcome()
+    settings = gateway.settings
+    started = trio.current_time()
+    requested: str | None = None
+    stream: bool | None = None
+    error: NexusError | None = None
+    watch = _DisconnectWatch()
+    try:
+        async with trio.open_nursery() as nursery:
+            try:
+                body = await _read_body(scope, receive, settings.server.max_body_bytes)
+                if body is None:
+                    watch.gone = True
+                    return
+                nursery.start_soon(watch.run, receive, nursery.cancel_scope)
+                if gateway.draining:
+                    raise NoHealthyBackend("Nexus is shutting down; retry on another instance.")
+                chat = parse_chat_request(body)
+                requested, stream = chat.needs.model, chat.needs.stream
+                registry = gateway.registry
+                decision = plan_route(
+                    chat.needs, registry.backends, settings.routing, turn=registry.next_turn()
+                )
+                await forward_chat(
+                    gateway.client,
+                    registry,
+                    chat,
+                    decision,
+                    downstream,
+                    request_id=request_id,
+                    timeouts=settings.routing.timeouts,
+                    max_attempts=settings.routing.max_attempts,
+                    outcome=outcome,
+                )
+            except NexusError as exc:
+                error = exc
+            except Exception:
+                # A bug of ours: log it, and still answer in the API's own shape.
+                log.exception("request %s failed inside Nexus", request_id)
+                error = NexusError(
+                    "Nexus failed to handle this request; this is a bug, please report it "
+                    "with the request id."
+                )
+            if error is not None:
+                if downstream.started:
+                    await downstream.send(sse_error_event(error.message, error.code or "error"))
+                else:
+                    await downstream.start(
+                        error.status,
+                        [
+                            ("content-type", "application/json"),
+                            ("x-request-id", request_id),
+                            *error.headers(),
+                        ],
+                    )
+                    await downstream.send(error.to_json())
+            await downstream.end()
+            nursery.cancel_scope.cancel()
+    finally:
+        status = downstream.status or (499 if watch.gone else 0)
+        log_request(
+            {
+                "request_id": request_id,
+                "model": requested,
+                "served_model": outcome.model,
+                "backend": outcome.backend,
+                "status": status,
+                "stream": stream,
+                "attempts": outcome.attempts,
+                "failovers": len(outcome.failures),
+                "latency_ms": round((trio.current_time() - started) * 1000, 1),
+                "ttft_ms": None
+                if outcome.ttft_seconds is None
+                else round(outcome.ttft_seconds * 1000, 1),
+                "error": error.code if error is not None else outcome.error,
+            }
+        )

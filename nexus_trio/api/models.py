@@ -1,0 +1,48 @@
+"""The fleet as the OpenAI API shows it: ``/v1/models`` entries, merged across backends (pure)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from nexus_trio.registry import Backend
+
+__all__ = ["model_entries", "model_entry"]
+
+
+def model_entry(model: str, backends: Sequence[Backend], created: int) -> dict[str, Any] | None:
+    """One ``/v1/models`` entry for ``model``, or None when no backend serves it.
+
+    Beyond the OpenAI fields it says which backends serve the model, whether
+    any of them is routable now, the largest context length any reported, and
+    the capabilities at least one of them has.
+    """
+    serving = [b for b in backends if model in b.models]
+    if not serving:
+        return None
+    infos = [b.models[model] for b in serving]
+    contexts = [i.context_length for i in infos if i.context_length]
+    known_caps = [i.capabilities for i in infos if i.capabilities is not None]
+    return {
+        "id": model,
+        "object": "model",
+        "created": created,
+        "owned_by": infos[0].owned_by,
+        "backends": [b.name for b in serving],
+        "available": any(b.routable for b in serving),
+        "context_length": max(contexts) if contexts else None,
+        "capabilities": sorted(set().union(*known_caps)) if known_caps else None,
+    }
+
+
+def model_entries(
+    backends: Sequence[Backend], aliases: Mapping[str, str], resolve: Any, created: int
+) -> list[dict[str, Any]]:
+    """Every served model once, then every alias whose target is served."""
+    ids = sorted({m for b in backends for m in b.models})
+    entries = [e for m in ids if (e := model_entry(m, backends, created)) is not None]
+    for alias in sorted(aliases):
+        target = model_entry(resolve(alias), backends, created)
+        if target is not None:
+            entries.append({**target, "id": alias, "alias_for": target["id"]})
+    return entries

@@ -1,0 +1,182 @@
+"""Every failure Nexus reports, as one rooted tree.
+
+Each error that reaches a client maps to exactly one OpenAI error shape
+(``{"error": {"message", "type", "param", "code"}}``) and one HTTP status, and
+its message says what to do next::
+
+    NexusError
+    ├── ConfigError                 never reaches HTTP: `nexus` exits with code 2
+    ├── RequestError                400  the client must change the request
+    │   ├── BodyTooLarge            413
+    │   ├── ModelNotFound           404  model_not_found
+    │   ├── ModelCannotServe        400  no backend of the model has the capability
+    │   └── ContextLengthExceeded   400  context_length_exceeded
+    ├── NoHealthyBackend            503  with Retry-After
+    └── BackendError                502  one upstream attempt failed
+        ├── BackendUnreachable      502  connect refused, reset, DNS
+        ├── BackendTimeout          504  connect, first byte or stall deadline
+        ├── BackendStatus           502  5xx, 429, or a 404 for a model it no longer has
+        ├── BackendProtocolError    502  a body or SSE stream we cannot read
+        └── AllBackendsFailed       502  (504 when every attempt timed out)
+
+httpx errors are translated where they enter (`nexus_trio.proxy.upstream`),
+chained ``from`` the original.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+__all__ = [
+    "AllBackendsFailed",
+    "BackendError",
+    "BackendProtocolError",
+    "BackendStatus",
+    "BackendTimeout",
+    "BackendUnreachable",
+    "BodyTooLarge",
+    "ConfigError",
+    "ContextLengthExceeded",
+    "ModelCannotServe",
+    "ModelNotFound",
+    "NexusError",
+    "NoHealthyBackend",
+    "RequestError",
+    "error_body",
+]
+
+
+def error_body(
+    message: str, type_: str, *, param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
+    """The OpenAI error object: what the official SDKs parse into ``APIError``."""
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+class NexusError(Exception):
+    """Base of every error Nexus raises on purpose."""
+
+    status: ClassVar[int] = 500
+    type: ClassVar[str] = "server_error"
+    code: ClassVar[str | None] = None
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+    def to_dict(self) -> dict[str, Any]:
+        return error_body(self.message, self.type, param=self.param, code=self.code)
+
+    def to_json(self) -> bytes:
+        return json.dumps(self.to_dict()).encode()
+
+    def headers(self) -> list[tuple[str, str]]:
+        """Extra response headers this error carries (``Retry-After``)."""
+        return []
+
+
+class ConfigError(NexusError):
+    """The settings cannot be used; the message is the one line `nexus` prints."""
+
+
+class RequestError(NexusError):
+    status = 400
+    type = "invalid_request_error"
+    code = "invalid_request"
+
+
+class BodyTooLarge(RequestError):
+    status = 413
+    code = "request_too_large"
+
+
+class ModelNotFound(RequestError):
+    status = 404
+    code = "model_not_found"
+
+    def __init__(self, model: str, nearest: Sequence[str] = ()) -> None:
+        hint = (
+            f" Did you mean {', '.join(repr(m) for m in nearest)}?"
+            if nearest
+            else " GET /v1/models lists the models Nexus can serve."
+        )
+        super().__init__(f"The model {model!r} is not served by any backend.{hint}", param="model")
+        self.model = model
+
+
+class ModelCannotServe(RequestError):
+    code = "model_not_capable"
+
+
+class ContextLengthExceeded(RequestError):
+    code = "context_length_exceeded"
+
+
+class NoHealthyBackend(NexusError):
+    status = 503
+    type = "service_unavailable"
+    code = "no_healthy_backend"
+
+    def __init__(self, message: str, *, retry_after_seconds: int = 5) -> None:
+        super().__init__(message)
+        self.retry_after_seconds = retry_after_seconds
+
+    def headers(self) -> list[tuple[str, str]]:
+        return [("retry-after", str(self.retry_after_seconds))]
+
+
+class BackendError(NexusError):
+    """One attempt at one backend failed; routing may move on to the next."""
+
+    status = 502
+    type = "upstream_error"
+    code = "backend_error"
+
+    def __init__(self, backend: str, reason: str) -> None:
+        super().__init__(f"backend {backend!r}: {reason}")
+        self.backend = backend
+        self.reason = reason
+
+
+class BackendUnreachable(BackendError):
+    code = "backend_unreachable"
+
+
+class BackendTimeout(BackendError):
+    status = 504
+    type = "timeout_error"
+    code = "backend_timeout"
+
+
+class BackendStatus(BackendError):
+    code = "backend_status"
+
+    def __init__(self, backend: str, status: int, detail: str = "") -> None:
+        super().__init__(backend, f"answered HTTP {status}{': ' + detail if detail else ''}")
+        self.upstream_status = status
+
+
+class BackendProtocolError(BackendError):
+    code = "backend_protocol_error"
+
+
+class AllBackendsFailed(NexusError):
+    """Every candidate was tried and none answered; says what each did."""
+
+    status = 502
+    type = "upstream_error"
+    code = "all_backends_failed"
+
+    def __init__(self, model: str, failures: Sequence[BackendError]) -> None:
+        what = "; ".join(f.message for f in failures) or "no attempt was made"
+        super().__init__(
+            f"Every backend for {model!r} failed ({what}). Retry later, or check the backends "
+            "with GET /health."
+        )
+        self.failures = tuple(failures)
+        if failures and all(isinstance(f, BackendTimeout) for f in failures):
+            self.status = 504  # type: ignore[misc]
+            self.type = "timeout_error"  # type: ignore[misc]

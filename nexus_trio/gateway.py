@@ -1,0 +1,27 @@
+"""What every request handler shares: settings, the registry, the upstream client."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import httpx
+
+from nexus_trio.config import Settings
+from nexus_trio.registry import Registry
+
+__all__ = ["Gateway"]
+
+
+@dataclass(eq=False)
+class Gateway:
+    settings: Settings
+    registry: Registry
+    client: httpx.AsyncClient
+    started_at: float = field(default_factory=time.monotonic)
+    draining: bool = False  # set on the first shutdown signal: new requests get 503
+    url: str = ""  # where the HTTP server listens, once it does
+
+    @property
+    def uptime_seconds(self) -> float:
+        return time.monotonic() - self.started_at

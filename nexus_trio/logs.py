@@ -1,0 +1,64 @@
+"""Log set-up (pretty or JSON lines) and the one line written per request.
+
+The request line carries ids, names, numbers and outcomes; never prompt text
+and never keys.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from typing import Any
+
+from nexus_trio.config import LoggingSettings, LogFormat
+
+__all__ = ["configure_logging", "log_request", "request_logger"]
+
+request_logger = logging.getLogger("nexus.request")
+
+_STANDARD_ATTRS = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line; fields passed as ``extra`` become keys."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        entry.update(
+            (k, v) for k, v in record.__dict__.items() if k not in _STANDARD_ATTRS and k[0] != "_"
+        )
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str, ensure_ascii=False)
+
+
+def configure_logging(settings: LoggingSettings) -> None:
+    """Send every log record to stderr in the configured format and level."""
+    handler = logging.StreamHandler(sys.stderr)
+    if settings.format is LogFormat.JSON:
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
+        )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(settings.level.upper())
+    # httpx logs every request at INFO: that is our own request log's job.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, root.level))
+
+
+def log_request(fields: dict[str, Any]) -> None:
+    """The request's one line: ``key=value`` pairs, or JSON keys with NEXUS_LOG_FORMAT=json."""
+    if not request_logger.isEnabledFor(logging.INFO):
+        return
+    text = " ".join(f"{k}={v}" for k, v in fields.items() if v is not None)
+    request_logger.info(text, extra=fields)

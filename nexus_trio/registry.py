@@ -1,0 +1,289 @@
+"""The registry: the one owner of what Nexus knows about its fleet.
+
+Backends, the models each serves, their health and their load live here and
+nowhere else. Only trio tasks mutate it (threads hand their findings over
+through trio channels first), and every change is published as an event so the
+dashboard, metrics and logs can follow without polling.
+
+Reads are cheap on purpose: routing takes ``registry.backends`` (a tuple that
+is replaced, never mutated in place, when the fleet changes) and reads each
+backend's fields directly.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Literal
+
+import trio
+
+from nexus_trio.config import BackendSettings, BackendType, ModelOverride
+
+__all__ = [
+    "Backend",
+    "Capability",
+    "Health",
+    "ModelInfo",
+    "Registry",
+    "RegistryEvent",
+    "Secret",
+]
+
+# Smoothing factor for the time-to-first-token average: a new sample moves it
+# a fifth of the way, so one slow answer does not bury a fast backend.
+EWMA_ALPHA = 0.2
+
+
+class Health(StrEnum):
+    UNKNOWN = "unknown"  # not checked yet: routable, so a fresh backend serves at once
+    HEALTHY = "healthy"
+    UNHEALTHY = "unhealthy"
+
+
+class Capability(StrEnum):
+    VISION = "vision"
+    TOOLS = "tools"
+    JSON = "json"
+
+
+class Secret(str):
+    """A string whose repr never shows it (backend API keys)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "Secret('********')"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """What a backend told us about one model; ``None`` means it did not say."""
+
+    id: str
+    owned_by: str = "nexus"
+    context_length: int | None = None
+    capabilities: frozenset[Capability] | None = None
+
+    def with_override(self, override: ModelOverride | None) -> ModelInfo:
+        if override is None:
+            return self
+        caps = self.capabilities
+        if override.capabilities is not None:
+            caps = frozenset(Capability(c) for c in override.capabilities)
+        return ModelInfo(
+            self.id,
+            self.owned_by,
+            override.context_length or self.context_length,
+            caps,
+        )
+
+    def supports(self, capability: Capability) -> bool:
+        """Unknown capabilities count as supported: the backend will say no if not."""
+        return self.capabilities is None or capability in self.capabilities
+
+
+@dataclass(eq=False, slots=True)
+class Backend:
+    """One inference server and its live state.
+
+    Fields after ``source`` change while Nexus runs; only the registry and the
+    tasks it supervises write them.
+    """
+
+    name: str
+    url: str  # API root without a trailing /v1
+    type: BackendType
+    priority: int = 1
+    max_concurrency: int | None = None
+    api_key: Secret | None = field(default=None, repr=False)
+    model_overrides: Mapping[str, ModelOverride] = field(default_factory=dict, repr=False)
+    source: Literal["config", "demo", "discovery", "probe", "admin"] = "config"
+    models: Mapping[str, ModelInfo] = field(default_factory=dict)
+    health: Health = Health.UNKNOWN
+    health_detail: str = ""
+    in_flight: int = 0
+    ttft_ewma_seconds: float | None = None
+    consecutive_failures: int = 0
+    consecutive_successes: int = 0
+    last_checked: float | None = None  # time.time() of the last probe
+    recovery_wanted: trio.Event = field(default_factory=trio.Event, repr=False)
+
+    @classmethod
+    def from_settings(cls, settings: BackendSettings, environ: Mapping[str, str]) -> Backend:
+        key = settings.read_api_key(environ)
+        return cls(
+            name=settings.name,
+            url=api_root(settings.url),
+            type=settings.type,
+            priority=settings.priority,
+            max_concurrency=settings.max_concurrency,
+            api_key=Secret(key) if key else None,
+            model_overrides=settings.models,
+        )
+
+    @property
+    def routable(self) -> bool:
+        return self.health is not Health.UNHEALTHY
+
+    @property
+    def load(self) -> float:
+        """In-flight requests relative to capacity (an unknown capacity counts as 1)."""
+        return self.in_flight / (self.max_concurrency or 1)
+
+    @property
+    def saturated(self) -> bool:
+        return self.max_concurrency is not None and self.in_flight >= self.max_concurrency
+
+
+def api_root(url: str) -> str:
+    """The server's root URL, so that joining ``/v1/...`` never doubles ``/v1``."""
+    url = url.rstrip("/")
+    return url[: -len("/v1")] if url.endswith("/v1") else url
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryEvent:
+    """A change subscribers hear about: ``kind`` names it, ``backend`` is whose."""
+
+    kind: Literal["backend_added", "backend_removed", "health", "models"]
+    backend: str
+    detail: str = ""
+
+
+class Registry:
+    """Backends by name, their models, health and load; publishes every change."""
+
+    def __init__(self, backends: Iterable[Backend] = ()) -> None:
+        self._by_name: dict[str, Backend] = {}
+        self.backends: tuple[Backend, ...] = ()
+        self.started_at = time.monotonic()
+        self.rotation = 0  # bumped per routing decision; rotates ties
+        self._subscribers: list[trio.MemorySendChannel[RegistryEvent]] = []
+        for backend in backends:
+            self.add(backend)
+
+    # -- reading -----------------------------------------------------------------
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._by_name
+
+    def __iter__(self) -> Iterator[Backend]:
+        return iter(self.backends)
+
+    def __len__(self) -> int:
+        return len(self.backends)
+
+    def get(self, name: str) -> Backend:
+        return self._by_name[name]
+
+    def model_ids(self) -> list[str]:
+        """Every model id any backend serves, healthy or not, sorted."""
+        return sorted({m for b in self.backends for m in b.models})
+
+    def next_turn(self) -> int:
+        self.rotation += 1
+        return self.rotation
+
+    # -- changing ----------------------------------------------------------------
+
+    def add(self, backend: Backend) -> None:
+        if backend.name in self._by_name:
+            raise ValueError(f"a backend named {backend.name!r} is already registered")
+        self._by_name[backend.name] = backend
+        self.backends = (*self.backends, backend)
+        self._publish(RegistryEvent("backend_added", backend.name))
+
+    def remove(self, name: str) -> None:
+        backend = self._by_name.pop(name)
+        self.backends = tuple(b for b in self.backends if b is not backend)
+        self._publish(RegistryEvent("backend_removed", name))
+
+    def set_models(self, backend: Backend, models: Iterable[ModelInfo]) -> None:
+        listed = {m.id: m.with_override(backend.model_overrides.get(m.id)) for m in models}
+        if listed != backend.models:
+            backend.models = listed
+            self._publish(RegistryEvent("models", backend.name, f"{len(listed)} models"))
+
+    def forget_model(self, backend: Backend, model: str) -> None:
+        """The backend said it no longer has this model (a 404 on chat)."""
+        if model in backend.models:
+            backend.models = {k: v for k, v in backend.models.items() if k != model}
+            self._publish(RegistryEvent("models", backend.name, f"lost {model}"))
+
+    def record_probe(
+        self,
+        backend: Backend,
+        ok: bool,
+        detail: str = "",
+        *,
+        failure_threshold: int = 1,
+        recovery_threshold: int = 1,
+    ) -> None:
+        """Fold one active health probe into the backend's state.
+
+        A healthy backend turns unhealthy after ``failure_threshold`` failed
+        probes in a row; an unhealthy one recovers after ``recovery_threshold``
+        good probes in a row. A backend never checked turns at the first probe.
+        """
+        backend.last_checked = time.time()
+        if ok:
+            backend.consecutive_failures = 0
+            backend.consecutive_successes += 1
+            if backend.health is Health.UNKNOWN or (
+                backend.health is Health.UNHEALTHY
+                and backend.consecutive_successes >= recovery_threshold
+            ):
+                self._set_health(backend, Health.HEALTHY, detail)
+        else:
+            backend.consecutive_successes = 0
+            backend.consecutive_failures += 1
+            if backend.health is Health.UNKNOWN or (
+                backend.health is Health.HEALTHY
+                and backend.consecutive_failures >= failure_threshold
+            ):
+                self._set_health(backend, Health.UNHEALTHY, detail)
+
+    def demote(self, backend: Backend, reason: str) -> None:
+        """A request to this backend just failed: no new requests until it answers a probe."""
+        backend.consecutive_successes = 0
+        self._set_health(backend, Health.UNHEALTHY, reason)
+        backend.recovery_wanted.set()
+
+    def record_ttft(self, backend: Backend, seconds: float) -> None:
+        if not math.isfinite(seconds) or seconds < 0:
+            return
+        previous = backend.ttft_ewma_seconds
+        backend.ttft_ewma_seconds = (
+            seconds if previous is None else previous + EWMA_ALPHA * (seconds - previous)
+        )
+
+    def _set_health(self, backend: Backend, health: Health, detail: str) -> None:
+        backend.health_detail = detail
+        if backend.health is not health:
+            backend.health = health
+            self._publish(RegistryEvent("health", backend.name, health.value))
+
+    # -- events ------------------------------------------------------------------
+
+    def subscribe(self, buffer: int = 256) -> trio.MemoryReceiveChannel[RegistryEvent]:
+        """A channel of every later change. A subscriber that falls ``buffer``
+        events behind is dropped (its channel closes) rather than slowing the
+        registry down."""
+        send, receive = trio.open_memory_channel[RegistryEvent](buffer)
+        self._subscribers.append(send)
+        return receive
+
+    def _publish(self, event: RegistryEvent) -> None:
+        alive = []
+        for channel in self._subscribers:
+            try:
+                channel.send_nowait(event)
+            except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+                channel.close()
+                continue
+            alive.append(channel)
+        self._subscribers = alive

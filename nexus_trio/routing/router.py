@@ -1,0 +1,193 @@
+"""Which backends may serve a request, best first (pure: no I/O, no mutation).
+
+``plan_route`` reads the fleet as it stands and the routing policy, and returns
+every candidate that can serve the request, in the order the proxy should try
+them, each with a reason for ``X-Nexus-Route-Reason``. When nothing can serve
+it, it raises the error that tells the client why.
+
+Order of candidates: those of the requested model (after aliases) ranked by
+the strategy, then those of each fallback model in the configured order. A
+fallback is used only when no candidate of the model could answer.
+"""
+
+from __future__ import annotations
+
+import difflib
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from nexus_trio.config import RoutingSettings, Strategy
+from nexus_trio.errors import (
+    ContextLengthExceeded,
+    ModelCannotServe,
+    ModelNotFound,
+    NexusError,
+    NoHealthyBackend,
+)
+from nexus_trio.registry import Backend, Capability
+from nexus_trio.routing.requirements import Requirements
+
+__all__ = ["Candidate", "RouteDecision", "plan_route", "rank"]
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    backend: Backend
+    model: str  # the model id to ask this backend for
+    reason: str
+    fallback_from: str | None = None  # the model the client asked for, when this is a fallback
+
+
+@dataclass(frozen=True, slots=True)
+class RouteDecision:
+    requested: str  # as the client wrote it
+    model: str  # after aliases
+    candidates: tuple[Candidate, ...]
+
+
+def _incapability(backend: Backend, model: str, needs: Requirements) -> str | None:
+    """Why this backend cannot serve the request, or None if it can (as far as we know)."""
+    info = backend.models[model]
+    if needs.vision and not info.supports(Capability.VISION):
+        return "vision"
+    if needs.tools and not info.supports(Capability.TOOLS):
+        return "tools"
+    if needs.json and not info.supports(Capability.JSON):
+        return "json"
+    if info.context_length is not None and needs.context_tokens > info.context_length:
+        return "context"
+    return None
+
+
+def rank(
+    backends: Sequence[Backend], strategy: Strategy, *, turn: int, rng: random.Random | None = None
+) -> list[tuple[Backend, str]]:
+    """Order eligible backends by the strategy; equal ones rotate with ``turn``.
+
+    Returns (backend, reason) pairs, best first.
+    """
+    n = len(backends)
+    if n == 0:
+        return []
+    if strategy is Strategy.RANDOM:
+        shuffled = list(backends)
+        (rng or random.Random(turn)).shuffle(shuffled)
+        return [(b, "random") for b in shuffled]
+
+    def rotation(i: int) -> int:
+        return (i - turn) % n
+
+    order = range(n)
+    if strategy is Strategy.ROUND_ROBIN:
+        ranked = sorted(order, key=rotation)
+        return [(backends[i], f"round_robin:turn={turn % n}") for i in ranked]
+    if strategy is Strategy.PRIORITY:
+        ranked = sorted(order, key=lambda i: (backends[i].priority, rotation(i)))
+        return [(backends[i], f"priority:{backends[i].priority}") for i in ranked]
+    if strategy is Strategy.LEAST_BUSY:
+        ranked = sorted(order, key=lambda i: (backends[i].load, rotation(i)))
+        return [(backends[i], f"least_busy:load={backends[i].load:.2f}") for i in ranked]
+
+    # smart: the priority tier first, then load relative to capacity, then how
+    # fast the backend has been starting its answers. A backend without a TTFT
+    # sample yet ranks as the best of its peers, so it gets one.
+    def smart_key(i: int) -> tuple[int, float, float, int]:
+        b = backends[i]
+        return (b.priority, b.load, b.ttft_ewma_seconds or 0.0, rotation(i))
+
+    ranked = sorted(order, key=smart_key)
+    out = []
+    for i in ranked:
+        b = backends[i]
+        ttft = f"{b.ttft_ewma_seconds * 1000:.0f}ms" if b.ttft_ewma_seconds is not None else "n/a"
+        out.append((b, f"smart:priority={b.priority},load={b.load:.2f},ttft={ttft}"))
+    return out
+
+
+def _why_none(model: str, serving: Sequence[Backend], needs: Requirements) -> NexusError:
+    """The error for a model whose backends exist but none can take this request."""
+    routable = [b for b in serving if b.routable]
+    if not routable:
+        return NoHealthyBackend(
+            f"No healthy backend serves {model!r} right now ("
+            + ", ".join(f"{b.name}: {b.health_detail or b.health.value}" for b in serving)
+            + "). Retry after a few seconds."
+        )
+    reasons = {_incapability(b, model, needs) for b in routable}
+    if reasons == {None}:
+        return NoHealthyBackend(
+            f"Every backend serving {model!r} is at its max_concurrency. Retry shortly.",
+            retry_after_seconds=1,
+        )
+    if "context" in reasons:
+        longest = max((b.models[model].context_length or 0) for b in routable)
+        return ContextLengthExceeded(
+            f"The request needs about {needs.context_tokens} tokens but {model!r} accepts at "
+            f"most {longest}. Shorten the messages or lower max_tokens.",
+            param="messages",
+        )
+    what = {"vision": "images", "tools": "tools", "json": "JSON response_format"}
+    missing = sorted(what[r] for r in reasons if r in what)
+    return ModelCannotServe(
+        f"No backend serving {model!r} supports {' and '.join(missing)}. Choose a model "
+        "that does (see GET /v1/models).",
+        param="model",
+    )
+
+
+def _eligible(backends: Sequence[Backend], model: str, needs: Requirements) -> list[Backend]:
+    return [
+        b
+        for b in backends
+        if model in b.models
+        and b.routable
+        and not b.saturated
+        and _incapability(b, model, needs) is None
+    ]
+
+
+def nearest_models(model: str, known: Sequence[str], limit: int = 3) -> list[str]:
+    return difflib.get_close_matches(model, known, n=limit, cutoff=0.5)
+
+
+def plan_route(
+    needs: Requirements,
+    backends: Sequence[Backend],
+    routing: RoutingSettings,
+    *,
+    turn: int = 0,
+    rng: random.Random | None = None,
+) -> RouteDecision:
+    """Every backend that can serve ``needs``, best first, with fallbacks after.
+
+    Raises:
+        ModelNotFound: no backend serves the model (or any of its fallbacks).
+        NoHealthyBackend: backends serve it, but none is healthy or free.
+        ModelCannotServe, ContextLengthExceeded: none can take this request.
+    """
+    model = routing.resolve_alias(needs.model)
+    candidates: list[Candidate] = []
+    first_error: NexusError | None = None
+    chain = (model, *(routing.resolve_alias(m) for m in routing.fallbacks.get(model, ())))
+    for position, name in enumerate(chain):
+        serving = [b for b in backends if name in b.models]
+        if not serving:
+            continue
+        eligible = _eligible(serving, name, needs)
+        if not eligible:
+            first_error = first_error or _why_none(name, serving, needs)
+            continue
+        fallback_from = needs.model if position else None
+        for backend, reason in rank(eligible, routing.strategy, turn=turn, rng=rng):
+            if fallback_from:
+                reason = f"fallback:{model}->{name};{reason}"
+            elif name != needs.model:
+                reason = f"alias:{needs.model}->{name};{reason}"
+            candidates.append(Candidate(backend, name, reason, fallback_from))
+    if candidates:
+        return RouteDecision(needs.model, model, tuple(candidates))
+    if first_error is not None:
+        raise first_error
+    known = sorted({m for b in backends for m in b.models} | set(routing.aliases))
+    raise ModelNotFound(needs.model, nearest_models(needs.model, known))

@@ -1,0 +1,24 @@
+"""``python -m nexus_trio.testing``: run the demo fleet and print where it listens."""
+
+from __future__ import annotations
+
+import contextlib
+
+import trio
+
+from ._fleet import demo_fleet, serve_fleet
+
+
+async def _main() -> None:
+    fleet = demo_fleet()
+    async with trio.open_nursery() as nursery:
+        urls: list[str] = await nursery.start(serve_fleet, fleet)
+        for backend, url in zip(fleet, urls, strict=True):
+            models = ", ".join(m.id for m in backend.models)
+            print(f"{backend.name:15} {backend.flavor.value:9} {url}  [{models}]")
+        print("Ctrl-C to stop.")
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        trio.run(_main)

@@ -1,0 +1,27 @@
+"""Sessions: `nox -s tests`, `nox -s lint`, `nox -s typecheck`."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["tests", "lint", "typecheck"]
+nox.options.reuse_existing_virtualenvs = True
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The test suite, warnings as errors."""
+    session.install(".[test]")
+    session.run("pytest", *session.posargs)
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff: lint and formatting."""
+    session.install("ruff")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict over the package."""
+    session.install(".[test]", "mypy")
+    session.run("mypy")

@@ -1,0 +1,61 @@
+"""Shared fixtures: Nexus served in-process on loopback, in front of simulated backends."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Sequence
+from functools import partial
+from typing import Any
+
+import httpx
+import pytest
+import trio
+
+from helpers import Running, nexus_config
+from nexus_trio.config import settings_from_mapping
+from nexus_trio.supervisor import serve_nexus
+from nexus_trio.testing import SimulatedBackend
+
+
+@pytest.fixture(autouse=True)
+def _clean_nexus_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No NEXUS_* setting from the developer's shell leaks into a test."""
+    for name in list(os.environ):
+        if name.startswith("NEXUS_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture
+async def start_nexus(nursery: trio.Nursery) -> AsyncIterator[Any]:
+    """``await start_nexus(backends, routing={...})`` → a serving `Running`.
+
+    Starts the simulated backends (port 0), then Nexus in front of them with
+    the config `helpers.nexus_config` builds from the keyword arguments.
+    Everything stops when the test ends.
+    """
+    running: list[Running] = []
+
+    async def start(
+        backends: Sequence[SimulatedBackend],
+        *,
+        environ: dict[str, str] | None = None,
+        backend_options: dict[str, dict[str, Any]] | None = None,
+        **sections: dict[str, Any],
+    ) -> Running:
+        for backend in backends:
+            await nursery.start(backend.serve)
+        environ = environ or {}
+        settings = settings_from_mapping(
+            nexus_config(backends, backend_options, **sections), environ=environ
+        )
+        stop = trio.Event()
+        gateway = await nursery.start(
+            partial(serve_nexus, settings, environ=environ, handle_signals=False, stop=stop)
+        )
+        nexus = Running(gateway, httpx.AsyncClient(base_url=gateway.url, timeout=30), stop)
+        running.append(nexus)
+        return nexus
+
+    yield start
+    for nexus in running:
+        await nexus.aclose()

@@ -1,0 +1,93 @@
+"""What many tests share: simulated backends, a config for them, a running Nexus."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import openai
+import trio
+
+from nexus_trio.gateway import Gateway
+from nexus_trio.registry import Health, RegistryEvent
+from nexus_trio.testing import Flavor, SimModel, SimulatedBackend
+
+
+@dataclass
+class Running:
+    """A Nexus serving on loopback, with what a test needs to talk to it."""
+
+    gateway: Gateway
+    http: httpx.AsyncClient
+    stop: trio.Event
+    sdk_clients: list[openai.AsyncOpenAI] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return self.gateway.url
+
+    def openai(self, **kwargs: Any) -> openai.AsyncOpenAI:
+        # No SDK retries: a test must see what Nexus itself answered.
+        client = openai.AsyncOpenAI(
+            base_url=self.url + "/v1", api_key="not-needed", max_retries=0, **kwargs
+        )
+        self.sdk_clients.append(client)
+        return client
+
+    async def aclose(self) -> None:
+        for client in self.sdk_clients:
+            await client.close()
+        await self.http.aclose()
+
+    async def health(self) -> dict[str, Any]:
+        response = await self.http.get("/health")
+        body: dict[str, Any] = response.json()
+        return body
+
+    def in_flight(self) -> dict[str, int]:
+        return {b.name: b.in_flight for b in self.gateway.registry}
+
+
+def sim(name: str, flavor: Flavor = Flavor.VLLM, *models: str, **kwargs: Any) -> SimulatedBackend:
+    """A simulated backend as fast as it can go, serving ``models`` (default ``llama3:8b``)."""
+    return SimulatedBackend(
+        flavor=flavor,
+        models=[SimModel(m, tools=True) for m in (models or ("llama3:8b",))],
+        name=name,
+        **kwargs,
+    )
+
+
+def nexus_config(
+    backends: Sequence[SimulatedBackend],
+    backend_options: dict[str, dict[str, Any]] | None = None,
+    **sections: dict[str, Any],
+) -> dict[str, Any]:
+    """A config mapping: these backends (already serving), loopback, no discovery.
+
+    ``backend_options`` adds keys to a backend's entry by name (``{"a": {"priority": 2}}``).
+    """
+    options = backend_options or {}
+    config: dict[str, Any] = {
+        "server": {"host": "127.0.0.1", "port": 0},
+        "discovery": {"enabled": False},
+        "backends": [
+            {"name": b.name, "url": b.url, "type": b.flavor.value, **options.get(b.name, {})}
+            for b in backends
+        ],
+    }
+    for section, values in sections.items():
+        config[section] = {**config.get(section, {}), **values}
+    return config
+
+
+async def wait_for_health(
+    events: trio.MemoryReceiveChannel[RegistryEvent], backend: str, health: Health
+) -> None:
+    """Wait for the registry to report ``backend`` turning ``health``."""
+    async for event in events:
+        if event.kind == "health" and event.backend == backend and event.detail == health.value:
+            return
+    raise AssertionError("the registry stopped publishing")

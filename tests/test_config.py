@@ -1,0 +1,603 @@
+"""Settings: sources, precedence, and one clear line for every mistake."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import functools
+from collections.abc import Mapping
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
+
+from nexus_trio.config import (
+    ENV_VARS,
+    MAX_ALIAS_HOPS,
+    OVERRIDE_KEYS,
+    BackendSettings,
+    BackendType,
+    LogFormat,
+    RoutingSettings,
+    Settings,
+    Strategy,
+    load_settings,
+    settings_from_mapping,
+)
+from nexus_trio.errors import ConfigError
+
+README_CONFIG = """
+[server]
+host = "0.0.0.0"
+port = 8000
+[discovery]
+enabled = true
+[[backends]]
+name = "local-ollama"
+url = "http://localhost:11434"
+type = "ollama"
+priority = 1
+[[backends]]
+name = "gpu-server"
+url = "http://192.168.1.100:8000"
+type = "vllm"
+priority = 2
+"""
+
+
+@pytest.fixture
+def cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty working directory, so no stray nexus.toml is read."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def write(directory: Path, text: str, name: str = "nexus.toml") -> Path:
+    path = directory / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def get(settings: Settings, key: str) -> object:
+    return functools.reduce(getattr, key.split("."), settings)
+
+
+def config_error(text: str, environ: Mapping[str, str] | None = None) -> str:
+    """Load `text` as nexus.toml (cwd is a fresh tmp dir) and return the error message."""
+    write(Path.cwd(), text)
+    with pytest.raises(ConfigError) as info:
+        load_settings(environ=environ or {})
+    message = str(info.value)
+    assert "\n" not in message
+    assert "Traceback" not in message
+    return message
+
+
+# --- loading ---------------------------------------------------------------------------------
+
+
+def test_readme_config_loads(cwd: Path) -> None:
+    path = write(cwd, README_CONFIG)
+    settings = load_settings(environ={})
+    assert settings.config_path == path.absolute()
+    assert settings.server.host == "0.0.0.0"
+    assert settings.server.port == 8000
+    assert settings.discovery.enabled is True
+    first, second = settings.backends
+    assert first == BackendSettings(
+        name="local-ollama", url="http://localhost:11434", type=BackendType.OLLAMA, priority=1
+    )
+    assert second.name == "gpu-server"
+    assert second.url == "http://192.168.1.100:8000"
+    assert second.type is BackendType.VLLM
+    assert second.priority == 2
+    assert second.api_key_env is None
+    assert second.max_concurrency is None
+    assert dict(second.models) == {}
+    assert settings.demo is False
+
+
+def test_defaults_when_no_file(cwd: Path) -> None:
+    settings = load_settings(environ={})
+    assert settings == Settings()
+    assert settings.config_path is None
+    assert settings.server.port == 8000
+    assert settings.server.max_body_bytes == 10 * 1024 * 1024
+    assert settings.server.shutdown_grace_seconds == 30.0
+    assert settings.health_check.interval_seconds == 10.0
+    assert settings.health_check.failure_threshold == 3
+    assert settings.routing.strategy is Strategy.SMART
+    assert settings.routing.max_attempts == 3
+    assert settings.routing.timeouts.first_token_seconds == 60.0
+    assert settings.logging.level == "info"
+    assert settings.logging.format is LogFormat.PRETTY
+    assert settings.backends == ()
+
+
+def test_full_schema_loads(cwd: Path) -> None:
+    write(
+        cwd,
+        """
+        [server]
+        max_body_bytes = 1024
+        shutdown_grace_seconds = 0
+        [health_check]
+        interval_seconds = 2
+        failure_threshold = 1
+        [routing]
+        strategy = "Least_Busy"
+        max_attempts = 5
+        [routing.aliases]
+        "gpt-4" = "llama3:70b"
+        [routing.fallbacks]
+        "llama3:70b" = ["llama3:8b", "mistral"]
+        "qwen" = "llama3:8b"
+        [routing.timeouts]
+        connect_seconds = 1.5
+        [logging]
+        level = "DEBUG"
+        format = "json"
+        [[backends]]
+        name = "gpu"
+        url = "https://gpu.lan:8443/"
+        type = "openai"
+        priority = 0
+        max_concurrency = 4
+        [backends.models."llama3:70b"]
+        context_length = 8192
+        capabilities = ["tools", "json"]
+        """,
+    )
+    settings = load_settings(environ={})
+    assert settings.server.max_body_bytes == 1024
+    interval = settings.health_check.interval_seconds
+    assert interval == 2.0
+    assert isinstance(interval, float)  # an int is accepted where a float is expected
+    assert settings.routing.strategy is Strategy.LEAST_BUSY
+    assert settings.routing.aliases == {"gpt-4": "llama3:70b"}
+    assert settings.routing.fallbacks == {
+        "llama3:70b": ("llama3:8b", "mistral"),
+        "qwen": ("llama3:8b",),
+    }
+    assert settings.routing.timeouts.connect_seconds == 1.5
+    assert settings.routing.timeouts.request_seconds == 600.0
+    assert settings.logging.level == "debug"
+    assert settings.logging.format is LogFormat.JSON
+    (gpu,) = settings.backends
+    assert gpu.url == "https://gpu.lan:8443"  # trailing slash stripped
+    assert gpu.type is BackendType.OPENAI
+    assert gpu.priority == 0
+    assert gpu.max_concurrency == 4
+    override = gpu.models["llama3:70b"]
+    assert override.context_length == 8192
+    assert override.capabilities == frozenset({"tools", "json"})
+
+
+def test_settings_are_immutable(cwd: Path) -> None:
+    write(cwd, '[routing.aliases]\na = "b"\n' + README_CONFIG)
+    settings = load_settings(environ={})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.server.port = 1  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        settings.routing.aliases["x"] = "y"  # type: ignore[index]
+    with pytest.raises(TypeError):
+        settings.backends[0].models["m"] = None  # type: ignore[index]
+    assert isinstance(settings.backends, tuple)
+
+
+def test_direct_construction_freezes_mappings() -> None:
+    aliases = {"a": "b"}
+    routing = RoutingSettings(aliases=aliases, fallbacks={"b": ["c"]})  # type: ignore[dict-item]
+    aliases["a"] = "changed"
+    assert routing.aliases["a"] == "b"
+    assert routing.fallbacks["b"] == ("c",)
+
+
+# --- precedence ------------------------------------------------------------------------------
+
+# key, env var, default, (file TOML literal, loaded value), (env text, loaded value), CLI value
+PRECEDENCE = [
+    ("server.port", "NEXUS_PORT", 8000, ("9001", 9001), ("9002", 9002), 9003),
+    ("server.host", "NEXUS_HOST", "0.0.0.0", ('"127.0.0.1"', "127.0.0.1"), ("::1", "::1"), "h"),
+    (
+        "logging.level",
+        "NEXUS_LOG_LEVEL",
+        "info",
+        ('"warning"', "warning"),
+        ("DEBUG", "debug"),
+        "error",
+    ),
+    (
+        "logging.format",
+        "NEXUS_LOG_FORMAT",
+        "pretty",
+        ('"json"', "json"),
+        ("pretty", "pretty"),
+        "json",
+    ),
+    ("discovery.enabled", "NEXUS_DISCOVERY", True, ("false", False), ("on", True), False),
+    ("health_check.enabled", "NEXUS_HEALTH_CHECK", True, ("false", False), ("YES", True), False),
+]
+
+
+@pytest.mark.parametrize("layers", ["default", "file", "env", "cli"])
+@pytest.mark.parametrize(("key", "var", "default", "file", "env", "cli"), PRECEDENCE)
+def test_precedence(
+    cwd: Path,
+    layers: str,
+    key: str,
+    var: str,
+    default: object,
+    file: tuple[str, object],
+    env: tuple[str, object],
+    cli: object,
+) -> None:
+    section, name = key.split(".")
+    environ: dict[str, str] = {}
+    overrides: dict[str, object] = {}
+    expected = default
+    if layers in ("file", "env", "cli"):
+        write(cwd, f"[{section}]\n{name} = {file[0]}\n")
+        expected = file[1]
+    if layers in ("env", "cli"):
+        environ[var] = env[0]
+        expected = env[1]
+    if layers == "cli":
+        overrides[key] = cli
+        expected = cli
+    settings = load_settings(environ=environ, overrides=overrides)
+    assert get(settings, key) == expected
+
+
+def test_env_table_comes_from_the_schema() -> None:
+    assert dict(ENV_VARS) == {
+        "NEXUS_HOST": "server.host",
+        "NEXUS_PORT": "server.port",
+        "NEXUS_DISCOVERY": "discovery.enabled",
+        "NEXUS_HEALTH_CHECK": "health_check.enabled",
+        "NEXUS_LOG_LEVEL": "logging.level",
+        "NEXUS_LOG_FORMAT": "logging.format",
+    }
+    assert set(ENV_VARS.values()) <= set(OVERRIDE_KEYS)
+    assert "routing.timeouts.connect_seconds" in OVERRIDE_KEYS
+    assert "demo" in OVERRIDE_KEYS
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [(w, True) for w in ("true", "1", "yes", "on", "TRUE", " On ")]
+    + [(w, False) for w in ("false", "0", "no", "off", "False", "NO")],
+)
+def test_env_booleans(cwd: Path, text: str, expected: bool) -> None:
+    assert load_settings(environ={"NEXUS_DISCOVERY": text}).discovery.enabled is expected
+
+
+def test_unknown_and_empty_nexus_env_is_ignored(cwd: Path) -> None:
+    settings = load_settings(environ={"NEXUS_SOMETHING_ELSE": "x", "NEXUS_PORT": ""})
+    assert settings == Settings()
+
+
+def test_cli_overrides(cwd: Path) -> None:
+    settings = load_settings(
+        environ={},
+        overrides={
+            "server.port": None,  # a flag that was not given
+            "routing.timeouts.stream_idle_seconds": 2,
+            "routing.strategy": "priority",
+            "health_check.failure_threshold": "7",  # strings are read like env values
+            "demo": True,
+        },
+    )
+    assert settings.server.port == 8000
+    assert settings.routing.timeouts.stream_idle_seconds == 2.0
+    assert settings.routing.strategy is Strategy.PRIORITY
+    assert settings.health_check.failure_threshold == 7
+    assert settings.demo is True
+
+
+# --- which file ------------------------------------------------------------------------------
+
+
+def test_nexus_config_env_names_the_file(cwd: Path) -> None:
+    path = write(cwd, "[server]\nport = 1234\n", "other.toml")
+    write(cwd, "[server]\nport = 1\n")  # the default file is not read when one is named
+    settings = load_settings(environ={"NEXUS_CONFIG": "other.toml"})
+    assert settings.server.port == 1234
+    assert settings.config_path == path.absolute()
+
+
+def test_flag_beats_nexus_config(cwd: Path) -> None:
+    write(cwd, "[server]\nport = 1234\n", "flag.toml")
+    settings = load_settings(config_path=cwd / "flag.toml", environ={"NEXUS_CONFIG": "nope.toml"})
+    assert settings.server.port == 1234
+
+
+@pytest.mark.parametrize(("flag", "environ"), [("x.toml", {}), (None, {"NEXUS_CONFIG": "x.toml"})])
+def test_named_file_must_exist(cwd: Path, flag: str | None, environ: dict[str, str]) -> None:
+    with pytest.raises(ConfigError, match=r"^config file 'x\.toml' does not exist$"):
+        load_settings(config_path=flag, environ=environ)
+
+
+def test_toml_syntax_error(cwd: Path) -> None:
+    message = config_error("[server]\nport = \n")
+    assert message.startswith("nexus.toml: invalid TOML:")
+    assert "line 2" in message
+
+
+def test_unreadable_file(cwd: Path) -> None:
+    (cwd / "nexus.toml").mkdir()
+    with pytest.raises(ConfigError, match=r"^nexus\.toml: cannot read the config file"):
+        load_settings(environ={})
+
+
+def test_not_utf8(cwd: Path) -> None:
+    (cwd / "nexus.toml").write_bytes(b'[server]\nhost = "\xff"\n')
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_settings(environ={})
+
+
+# --- every mistake, one line -----------------------------------------------------------------
+
+BACKEND = '[[backends]]\nname = "gpu"\nurl = "http://gpu:8000"\n'
+
+ERRORS = [
+    ("[server]\nprot = 1", ["unknown key 'server.prot'", "did you mean 'server.port'?"]),
+    ("[sever]\nport = 1", ["unknown key 'sever'", "did you mean 'server'?"]),
+    ("demo = true", ["unknown key 'demo'", "valid keys at the top level", "backends"]),
+    ("[server]\nzzzz = 1", ["unknown key 'server.zzzz'", "valid keys in server", "host, port"]),
+    (
+        BACKEND + "prioirty = 2",
+        ["unknown key 'backends[0].prioirty'", "did you mean 'backends[0].priority'?"],
+    ),
+    (
+        BACKEND + '[backends.models."llama3:8b"]\ncontext = 5',
+        ['backends[0].models."llama3:8b".context', "context_length"],
+    ),
+    ("[routing.timeouts]\nconect_seconds = 1", ["did you mean 'routing.timeouts.connect_seconds'"]),
+    (
+        '[server]\nport = "abc"',
+        ["nexus.toml: server.port must be an integer from 0 to 65535, got 'abc'"],
+    ),
+    ("[server]\nport = true", ["server.port must be an integer", "got true"]),
+    ("[server]\nport = 70000", ["server.port", "from 0 to 65535", "70000"]),
+    ("[server]\nport = 80.0", ["server.port must be an integer"]),
+    ('[server]\nhost = ""', ["server.host must be a non-empty string"]),
+    ("[server]\nmax_body_bytes = 0", ["server.max_body_bytes", "at least 1"]),
+    ("[server]\nshutdown_grace_seconds = -1", ["server.shutdown_grace_seconds", "at least 0"]),
+    ("[health_check]\ninterval_seconds = 0", ["health_check.interval_seconds", "greater than 0"]),
+    ("[health_check]\ntimeout_seconds = nan", ["health_check.timeout_seconds", "number"]),
+    ("[health_check]\nenabled = 1", ["health_check.enabled must be true or false"]),
+    ("[health_check]\nrecovery_threshold = 0", ["health_check.recovery_threshold"]),
+    ('[routing.timeouts]\nrequest_seconds = "10"', ["routing.timeouts.request_seconds"]),
+    ("[routing]\nmax_attempts = 0", ["routing.max_attempts must be an integer of at least 1"]),
+    (
+        '[routing]\nstrategy = "smrt"',
+        ["routing.strategy must be one of smart, round_robin, priority", "did you mean 'smart'?"],
+    ),
+    ('[logging]\nlevel = "verbose"', ["logging.level", "debug, info, warning, error, critical"]),
+    ('[logging]\nformat = "jsn"', ["logging.format", "did you mean 'json'?"]),
+    (BACKEND + 'type = "olama"', ["backends[0].type", "did you mean 'ollama'?"]),
+    ("server = 5", ["server must be a table"]),
+    ('[backends]\nname = "x"', ["backends must be a list of tables"]),
+    (BACKEND + BACKEND, ["backends[1].name", "'gpu' is already used by backends[0]"]),
+    ('[[backends]]\nname = "a"\nurl = "localhost:11434"', ["backends[0].url", "http://"]),
+    ('[[backends]]\nname = "a"\nurl = "http://"', ["backends[0].url", "with a host"]),
+    ('[[backends]]\nname = "a"\nurl = "ftp://x"', ["backends[0].url"]),
+    ('[[backends]]\nname = "a"\nurl = "http://x:99999"', ["backends[0].url"]),
+    ('[[backends]]\nname = "my gpu"\nurl = "http://x"', ["backends[0].name", "without spaces"]),
+    ('[[backends]]\nurl = "http://x"', ["backends[0].name is required"]),
+    ('[[backends]]\nname = "a"', ["backends[0].url is required"]),
+    (BACKEND + "priority = -1", ["backends[0].priority", "at least 0"]),
+    (BACKEND + "max_concurrency = 0", ["backends[0].max_concurrency"]),
+    (
+        BACKEND + '[backends.models.m]\ncapabilities = ["vision", "audio"]',
+        ["backends[0].models.m.capabilities[1]", "vision, tools, json"],
+    ),
+    (BACKEND + '[backends.models.m]\ncapabilities = "vision"', ["models.m.capabilities"]),
+    (BACKEND + "[backends.models.m]\ncontext_length = 0", ["models.m.context_length"]),
+    ("[routing.aliases]\na = 5", ["routing.aliases.a must be a non-empty string"]),
+    ('[routing.aliases]\n"" = "x"', ["routing.aliases", "empty"]),
+    ("[routing.fallbacks]\na = 5", ["routing.fallbacks.a", "list of model names"]),
+    ('[routing.fallbacks]\na = ["b", ""]', ["routing.fallbacks.a", "list of model names"]),
+    ('[routing.fallbacks]\na = ["b", "a"]', ["routing.fallbacks.a must not list 'a' itself"]),
+    (
+        '[routing.aliases]\n"gpt-4" = "llama"\nllama = "gpt-4"',
+        ["routing.aliases: alias cycle gpt-4 → llama → gpt-4"],
+    ),
+    ('[routing.aliases]\na = "a"', ["alias cycle a → a"]),
+    (
+        '[routing.aliases]\na = "b"\nb = "c"\nc = "d"\nd = "e"',
+        ["alias chain a → b → c → d → e", f"longer than {MAX_ALIAS_HOPS} hops"],
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "fragments"), ERRORS)
+def test_error_messages(cwd: Path, text: str, fragments: list[str]) -> None:
+    message = config_error(text)
+    assert message.startswith("nexus.toml: ")
+    for fragment in fragments:
+        assert fragment in message
+
+
+@pytest.mark.parametrize(
+    ("environ", "fragments"),
+    [
+        ({"NEXUS_PORT": "abc"}, ["environment: NEXUS_PORT must be an integer", "got 'abc'"]),
+        ({"NEXUS_PORT": "-1"}, ["environment: NEXUS_PORT", "from 0 to 65535"]),
+        ({"NEXUS_DISCOVERY": "maybe"}, ["environment: NEXUS_DISCOVERY", "yes", "'maybe'"]),
+        ({"NEXUS_LOG_LEVEL": "loud"}, ["environment: NEXUS_LOG_LEVEL must be one of"]),
+        ({"NEXUS_LOG_FORMAT": "jsno"}, ["NEXUS_LOG_FORMAT", "did you mean 'json'?"]),
+    ],
+)
+def test_bad_environment(cwd: Path, environ: dict[str, str], fragments: list[str]) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(environ=environ)
+    message = str(info.value)
+    assert "\n" not in message
+    for fragment in fragments:
+        assert fragment in message
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragments"),
+    [
+        ({"server.port": "abc"}, ["command line: server.port must be an integer", "'abc'"]),
+        ({"server.port": True}, ["command line: server.port must be an integer", "true"]),
+        ({"server.prot": 1}, ["command line: unknown key 'server.prot'", "'server.port'"]),
+        ({"routing.aliases": {}}, ["command line: unknown key 'routing.aliases'"]),
+        ({"zzz": 1}, ["command line: unknown key 'zzz'; valid: server.host, server.port"]),
+        ({"logging.level": "loud"}, ["command line: logging.level must be one of"]),
+        ({"discovery.enabled": "perhaps"}, ["command line: discovery.enabled"]),
+        ({"demo": "yes"}, ["command line: demo must be true or false"]),
+    ],
+)
+def test_bad_cli_value(cwd: Path, overrides: dict[str, object], fragments: list[str]) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(environ={}, overrides=overrides)
+    message = str(info.value)
+    assert "\n" not in message
+    for fragment in fragments:
+        assert fragment in message
+
+
+def test_env_blames_the_file_for_the_files_mistakes(cwd: Path) -> None:
+    message = config_error("[server]\nmax_body_bytes = 0\n", {"NEXUS_PORT": "9000"})
+    assert message.startswith("nexus.toml: server.max_body_bytes")
+
+
+def test_settings_from_mapping_layers_environ_and_checks_keys() -> None:
+    data: dict[str, object] = {
+        "server": {"port": 1},
+        "backends": [{"name": "a", "url": "http://a", "api_key_env": "A_KEY"}],
+    }
+    only_validated = settings_from_mapping(data)  # no environ: keys are not looked up
+    assert only_validated.server.port == 1
+    settings = settings_from_mapping(data, environ={"NEXUS_PORT": "2", "A_KEY": "k"})
+    assert settings.server.port == 2
+    assert settings.config_path is None
+    assert data["server"] == {"port": 1}  # the caller's mapping is left alone
+    with pytest.raises(ConfigError, match=r"^<config>: backends\[0\] \('a'\): api_key_env"):
+        settings_from_mapping(data, environ={})
+
+
+# --- aliases ---------------------------------------------------------------------------------
+
+
+def test_aliases_resolve_up_to_three_hops(cwd: Path) -> None:
+    write(cwd, '[routing.aliases]\na = "b"\nb = "c"\nc = "llama3:70b"\n"gpt-4" = "c"\n')
+    routing = load_settings(environ={}).routing
+    assert routing.resolve_alias("a") == "llama3:70b"  # three hops
+    assert routing.resolve_alias("b") == "llama3:70b"
+    assert routing.resolve_alias("gpt-4") == "llama3:70b"
+    assert routing.resolve_alias("llama3:70b") == "llama3:70b"
+    assert routing.resolve_alias("unknown") == "unknown"
+
+
+# --- API keys --------------------------------------------------------------------------------
+
+KEYED = README_CONFIG + 'api_key_env = "OPENAI_API_KEY"\n'  # on backends[1], "gpu-server"
+
+
+@pytest.mark.parametrize("environ", [{}, {"OPENAI_API_KEY": ""}])
+def test_missing_api_key_fails_at_load(cwd: Path, environ: dict[str, str]) -> None:
+    message = config_error(KEYED, environ)
+    assert message == (
+        "nexus.toml: backends[1] ('gpu-server'): api_key_env names OPENAI_API_KEY, "
+        "which is not set in the environment"
+    )
+
+
+def test_api_key_is_read_but_never_shown(cwd: Path) -> None:
+    write(cwd, KEYED)
+    secret = "sk-very-secret-value"
+    environ = {"OPENAI_API_KEY": secret}
+    settings = load_settings(environ=environ)
+    local, gpu = settings.backends
+    assert gpu.api_key_env == "OPENAI_API_KEY"
+    assert gpu.read_api_key(environ) == secret
+    assert local.read_api_key(environ) is None
+    assert secret not in repr(settings)
+    assert secret not in str(settings)
+
+
+def test_a_key_pasted_as_api_key_env_is_not_echoed(cwd: Path) -> None:
+    message = config_error(BACKEND + 'api_key_env = "sk-live-1234-abcd"')
+    assert "backends[0].api_key_env must be the NAME of an environment variable" in message
+    assert "sk-live" not in message
+
+
+def test_a_key_under_the_wrong_name_is_not_echoed(cwd: Path) -> None:
+    message = config_error(BACKEND + 'api_key = "sk-live-1234-abcd"')
+    assert "unknown key 'backends[0].api_key'; did you mean 'backends[0].api_key_env'?" in message
+    assert "sk-live" not in message
+
+
+# --- no input makes anything but a ConfigError -----------------------------------------------
+
+KNOWN_KEYS = sorted(
+    {part for key in OVERRIDE_KEYS for part in key.split(".")}
+    | {"backends", "aliases", "fallbacks", "timeouts", "name", "url", "type", "priority"}
+    | {"api_key_env", "max_concurrency", "models", "context_length", "capabilities"}
+)
+toml_keys = st.one_of(st.sampled_from(KNOWN_KEYS), st.text(max_size=8))
+toml_scalars = st.one_of(
+    st.booleans(),
+    st.integers(),
+    st.floats(),
+    st.text(max_size=12),
+    st.sampled_from(["http://h:1", "smart", "ollama", "info", "json", "vision", "OPENAI_KEY"]),
+    st.datetimes(),
+    st.dates(),
+    st.times(),
+)
+toml_values = st.recursive(
+    toml_scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4), st.dictionaries(toml_keys, inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@hypothesis_settings(max_examples=300, database=None)
+@given(st.dictionaries(toml_keys, toml_values, max_size=6))
+def test_arbitrary_documents_only_raise_config_error(data: dict[str, object]) -> None:
+    try:
+        settings_from_mapping(data, source="x.toml")
+    except ConfigError as exc:
+        message = str(exc)
+    else:
+        return
+    assert "\n" not in message
+    assert message.startswith("x.toml: ")
+
+
+@pytest.fixture(scope="module")
+def empty_toml(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A module-scoped file: hypothesis refuses function-scoped fixtures in @given tests."""
+    return write(tmp_path_factory.mktemp("config"), "")
+
+
+@hypothesis_settings(max_examples=200, database=None)
+@given(environ=st.dictionaries(st.sampled_from(sorted(ENV_VARS)), st.text(max_size=10)))
+def test_arbitrary_environment_only_raises_config_error(
+    empty_toml: Path, environ: dict[str, str]
+) -> None:
+    try:
+        load_settings(environ=environ, config_path=empty_toml)
+    except ConfigError as exc:
+        message = str(exc)
+    else:
+        return
+    assert "\n" not in message
+    assert message.startswith("environment: NEXUS_")
+
+
+def test_datetime_is_not_a_number() -> None:
+    with pytest.raises(ConfigError, match=r"server\.shutdown_grace_seconds must be a number"):
+        settings_from_mapping(
+            {"server": {"shutdown_grace_seconds": datetime.time(1, 2)}}, source="x"
+        )
