@@ -7,6 +7,7 @@ A configuration error prints one line and exits with code 2.
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -16,6 +17,7 @@ import typer
 from nexus_trio import __version__
 from nexus_trio.config import LogFormat, load_settings
 from nexus_trio.errors import ConfigError
+from nexus_trio.gateway import Gateway
 
 __all__ = ["app", "main"]
 
@@ -37,10 +39,15 @@ def _fail(message: str) -> None:
 def serve(
     config: Annotated[
         Path | None,
-        typer.Option("--config", "-c", help="TOML file to load [env: NEXUS_CONFIG; "
-                     "default: ./nexus.toml when it exists]."),
+        typer.Option(
+            "--config",
+            "-c",
+            help="TOML file to load [env: NEXUS_CONFIG; default: ./nexus.toml when it exists].",
+        ),
     ] = None,
-    host: Annotated[str | None, typer.Option(help="Address to listen on [env: NEXUS_HOST].")] = None,
+    host: Annotated[
+        str | None, typer.Option(help="Address to listen on [env: NEXUS_HOST].")
+    ] = None,
     port: Annotated[
         int | None, typer.Option("--port", "-p", help="Port to listen on [env: NEXUS_PORT].")
     ] = None,
@@ -52,13 +59,16 @@ def serve(
     ] = None,
     discovery: Annotated[
         bool | None,
-        typer.Option("--discovery/--no-discovery", help="Find backends by itself "
-                     "[env: NEXUS_DISCOVERY]."),
+        typer.Option(
+            "--discovery/--no-discovery", help="Find backends by itself [env: NEXUS_DISCOVERY]."
+        ),
     ] = None,
     health_check: Annotated[
         bool | None,
-        typer.Option("--health-check/--no-health-check",
-                     help="Probe backends periodically [env: NEXUS_HEALTH_CHECK]."),
+        typer.Option(
+            "--health-check/--no-health-check",
+            help="Probe backends periodically [env: NEXUS_HEALTH_CHECK].",
+        ),
     ] = None,
     demo: Annotated[
         bool, typer.Option("--demo", help="Also run a simulated fleet on loopback to try it out.")
@@ -90,13 +100,31 @@ def serve(
 
     configure_logging(settings.logging)
     try:
-        trio.run(serve_nexus, settings)
+        trio.run(partial(serve_nexus, settings, on_ready=_print_demo_help if demo else None))
     except* OSError as group:  # the port is taken, the address is not ours, ...
         first = _leaves(group)[0]
         where = f"{settings.server.host}:{settings.server.port}"
         _fail(f"cannot serve on {where}: {getattr(first, 'strerror', None) or first}")
     except* KeyboardInterrupt:  # a signal before our handler was installed
         raise typer.Exit(code=130) from None
+
+
+def _print_demo_help(gateway: Gateway) -> None:
+    port = gateway.url.rsplit(":", 1)[1]
+    base = f"http://localhost:{port}"
+    names = ", ".join(b.name for b in gateway.registry)
+    typer.echo(
+        f"""
+Nexus is serving a simulated fleet ({names}) at {base}
+
+  curl {base}/v1/chat/completions -H 'Content-Type: application/json' \\
+    -d '{{"model":"llama3:8b","messages":[{{"role":"user","content":"Hello!"}}],"stream":true}}'
+  curl {base}/v1/models
+  curl {base}/health
+
+OpenAI SDK: OpenAI(base_url="{base}/v1", api_key="not-needed"). Ctrl+C stops.
+"""
+    )
 
 
 def _leaves(group: BaseExceptionGroup[Any]) -> list[BaseException]:

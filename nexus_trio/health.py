@@ -45,9 +45,7 @@ async def probe_backend(
             failure = exc.reason
         else:
             registry.set_models(backend, models)
-            registry.record_probe(
-                backend, True, recovery_threshold=settings.recovery_threshold
-            )
+            registry.record_probe(backend, True, recovery_threshold=settings.recovery_threshold)
             return True
     was = backend.health
     registry.record_probe(backend, False, failure, failure_threshold=settings.failure_threshold)
@@ -78,10 +76,10 @@ async def _watch(
             await backend.recovery_wanted.wait()
             backend.recovery_wanted = trio.Event()
             continue  # demoted just now: start the recovery schedule
-        healthy_before = backend.health is not Health.UNHEALTHY
-        if await probe_backend(registry, client, backend, settings, cache) and not healthy_before:
-            if backend.health is Health.HEALTHY:
-                log.info("backend %s is healthy again", backend.name)
+        was_down = backend.health is Health.UNHEALTHY
+        await probe_backend(registry, client, backend, settings, cache)
+        if was_down and backend.health is Health.HEALTHY:
+            log.info("backend %s is healthy again", backend.name)
 
 
 async def run_health(

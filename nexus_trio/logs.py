@@ -12,7 +12,7 @@ import sys
 import time
 from typing import Any
 
-from nexus_trio.config import LoggingSettings, LogFormat
+from nexus_trio.config import LogFormat, LoggingSettings
 
 __all__ = ["configure_logging", "log_request", "request_logger"]
 

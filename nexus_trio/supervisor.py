@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import hypercorn.config
 import hypercorn.trio
@@ -48,8 +48,9 @@ async def stop_on_signal(stop: trio.Event, root: trio.CancelScope) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for signum in signals:
             if not stop.is_set():
-                log.info("%s: draining (a second signal stops at once)",
-                         signal.Signals(signum).name)
+                log.info(
+                    "%s: draining (a second signal stops at once)", signal.Signals(signum).name
+                )
                 stop.set()
             else:
                 log.warning("second signal: stopping now")
@@ -75,8 +76,9 @@ async def run_registry(
 def _hypercorn_config(settings: Settings) -> hypercorn.config.Config:
     config = hypercorn.config.Config()
     host = settings.server.host
-    config.bind = [f"[{host}]:{settings.server.port}" if ":" in host else
-                   f"{host}:{settings.server.port}"]
+    config.bind = [
+        f"[{host}]:{settings.server.port}" if ":" in host else f"{host}:{settings.server.port}"
+    ]
     config.graceful_timeout = settings.server.shutdown_grace_seconds
     config.accesslog = None  # our request log says more, once per request
     config.errorlog = logging.getLogger("hypercorn.error")
@@ -97,13 +99,14 @@ async def serve_nexus(
     environ: Mapping[str, str] | None = None,
     handle_signals: bool = True,
     stop: trio.Event | None = None,
+    on_ready: Callable[[Gateway], None] | None = None,
     task_status: trio.TaskStatus[Gateway] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run Nexus until stopped (a signal, or ``stop`` being set).
 
     Reports the running `Gateway` (``gateway.url`` is where it listens) once it
-    serves. ``stop`` lets an embedding program or a test stop it the way a
-    signal would.
+    serves, and calls ``on_ready`` with it. ``stop`` lets an embedding program or
+    a test stop it the way a signal would.
 
     Example::
 
@@ -112,33 +115,37 @@ async def serve_nexus(
     environ = os.environ if environ is None else environ
     stop = trio.Event() if stop is None else stop
     backends = [Backend.from_settings(b, environ) for b in settings.backends]
-    async with open_upstream_client(settings.routing.timeouts.connect_seconds) as client:
-        async with trio.open_nursery() as root:
-            if handle_signals:
-                root.start_soon(stop_on_signal, stop, root.cancel_scope)
-            if settings.demo:
-                fleet = demo_fleet()
-                await root.start(serve_fleet, fleet)
-                backends += demo_backends(fleet)
-            found, inbox = trio.open_memory_channel[Backend](64)
-            registry = await root.start(run_registry, backends, inbox)
-            await root.start(run_health, registry, client, settings.health_check)
-            await root.start(run_discovery, settings.discovery, found)
-            gateway = Gateway(settings, registry, client)
-            binds = await root.start(_serve_http, gateway, stop, root.cancel_scope)
-            gateway.url = url = binds[0]
-            log.info(
-                "Nexus %s: %s backends, %s models; listening on %s",
-                "demo" if settings.demo else "ready",
-                len(registry),
-                len(registry.model_ids()),
-                url,
-            )
-            task_status.started(gateway)
-            await stop.wait()
-            gateway.draining = True
-            # hypercorn now drains in-flight requests (graceful_timeout); then _serve_http
-            # cancels the root.
+    async with (
+        open_upstream_client(settings.routing.timeouts.connect_seconds) as client,
+        trio.open_nursery() as root,
+    ):
+        if handle_signals:
+            root.start_soon(stop_on_signal, stop, root.cancel_scope)
+        if settings.demo:
+            fleet = demo_fleet()
+            await root.start(serve_fleet, fleet)
+            backends += demo_backends(fleet)
+        found, inbox = trio.open_memory_channel[Backend](64)
+        registry = await root.start(run_registry, backends, inbox)
+        await root.start(run_health, registry, client, settings.health_check)
+        await root.start(run_discovery, settings.discovery, found)
+        gateway = Gateway(settings, registry, client)
+        binds = await root.start(_serve_http, gateway, stop, root.cancel_scope)
+        gateway.url = url = binds[0]
+        log.info(
+            "Nexus %s: %s backends, %s models; listening on %s",
+            "demo" if settings.demo else "ready",
+            len(registry),
+            len(registry.model_ids()),
+            url,
+        )
+        if on_ready is not None:
+            on_ready(gateway)
+        task_status.started(gateway)
+        await stop.wait()
+        gateway.draining = True
+        # hypercorn now drains in-flight requests (graceful_timeout); then _serve_http
+        # cancels the root.
 
 
 async def _serve_http(

@@ -11,10 +11,11 @@ import httpx
 import pytest
 import trio
 
-from helpers import Running, nexus_config
 from nexus_trio.config import settings_from_mapping
 from nexus_trio.supervisor import serve_nexus
 from nexus_trio.testing import SimulatedBackend
+
+from helpers import Running, nexus_config
 
 
 @pytest.fixture(autouse=True)

@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 import openai
 import trio
+import trio.testing
 
 from nexus_trio.gateway import Gateway
 from nexus_trio.registry import Health, RegistryEvent
@@ -46,7 +47,9 @@ class Running:
         body: dict[str, Any] = response.json()
         return body
 
-    def in_flight(self) -> dict[str, int]:
+    async def in_flight(self) -> dict[str, int]:
+        """Requests in flight per backend, once every task in the test has settled."""
+        await trio.testing.wait_all_tasks_blocked(cushion=0.01)
         return {b.name: b.in_flight for b in self.gateway.registry}
 
 

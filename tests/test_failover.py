@@ -8,9 +8,10 @@ import openai
 import pytest
 import trio
 
-from nexus_trio.testing._text import expected_answer
-from helpers import sim, wait_for_health
 from nexus_trio.registry import Health
+from nexus_trio.testing._text import expected_answer
+
+from helpers import sim, wait_for_health
 
 MESSAGES: list[Any] = [{"role": "user", "content": "Tell me a story."}]
 FAST_TIMEOUTS = {"first_token_seconds": 0.5, "request_seconds": 0.5, "stream_idle_seconds": 0.5}
@@ -103,7 +104,7 @@ async def test_failed_backend_is_invisible_and_demoted(
     health = await nexus.health()
     assert health["backends"]["a"]["status"] == "unhealthy"
     assert health["status"] == "degraded"
-    assert nexus.in_flight() == {"a": 0, "b": 0}
+    assert await nexus.in_flight() == {"a": 0, "b": 0}
 
 
 @pytest.mark.parametrize(

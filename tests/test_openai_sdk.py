@@ -10,6 +10,7 @@ import pytest
 
 from nexus_trio.testing import Flavor, SimModel, SimulatedBackend
 from nexus_trio.testing._text import expected_answer
+
 from helpers import sim
 
 MESSAGES: list[Any] = [{"role": "user", "content": "Hello!"}]
@@ -64,7 +65,8 @@ async def test_stream_relays_every_chunk_once(start_nexus: Any) -> None:
     assert text == expected_answer("llama3:8b", MESSAGES)
     assert finishes == ["stop"]
     assert len(ids) == 1
-    assert usage is not None and usage.completion_tokens > 0
+    assert usage is not None
+    assert usage.completion_tokens > 0
 
 
 async def test_unknown_fields_survive_and_stop_may_be_a_string(start_nexus: Any) -> None:
@@ -132,8 +134,11 @@ async def test_tool_call_round_trip(start_nexus: Any, stream: bool) -> None:
             "role": "assistant",
             "content": None,
             "tool_calls": [
-                {"id": call_id, "type": "function",
-                 "function": {"name": name, "arguments": arguments}}
+                {
+                    "id": call_id,
+                    "type": "function",
+                    "function": {"name": name, "arguments": arguments},
+                }
             ],
         },
         {"role": "tool", "tool_call_id": call_id, "content": '{"temp_c": 21}'},

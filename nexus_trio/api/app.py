@@ -17,11 +17,10 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from nexus_trio import __version__
-from nexus_trio.api.chat import ASGIDownstream, handle_chat, send_json
+from nexus_trio.api.chat import ASGIDownstream, handle_chat
 from nexus_trio.api.models import model_entries, model_entry
 from nexus_trio.errors import ModelNotFound, NexusError, error_body
 from nexus_trio.gateway import Gateway
-from nexus_trio.registry import Health
 from nexus_trio.routing.router import nearest_models
 
 __all__ = ["make_app"]
@@ -57,8 +56,9 @@ def make_quart_app(gateway: Gateway) -> QuartTrio:
 
     @app.get("/v1/models")
     async def list_models() -> Response:
-        entries = model_entries(registry.backends, routing.aliases, routing.resolve_alias,
-                                created())
+        entries = model_entries(
+            registry.backends, routing.aliases, routing.resolve_alias, created()
+        )
         return jsonify({"object": "list", "data": entries})
 
     @app.get("/v1/models/<path:model_id>")
@@ -110,8 +110,12 @@ def make_quart_app(gateway: Gateway) -> QuartTrio:
     async def http_error(error: HTTPException) -> Response:
         status = error.code or 500
         if isinstance(error, RequestEntityTooLarge):
-            return _error_response(413, "The request body is over the limit.",
-                                   "invalid_request_error", "request_too_large")
+            return _error_response(
+                413,
+                "The request body is over the limit.",
+                "invalid_request_error",
+                "request_too_large",
+            )
         if status == 404:
             message = "No such endpoint. Nexus serves /v1/chat/completions, /v1/models and /health."
         else:
@@ -122,8 +126,12 @@ def make_quart_app(gateway: Gateway) -> QuartTrio:
     @app.errorhandler(Exception)
     async def unexpected(error: Exception) -> Response:
         log.exception("unhandled error in Nexus", exc_info=error)
-        return _error_response(500, "Nexus failed to handle this request; this is a bug.",
-                               "server_error", "internal_error")
+        return _error_response(
+            500,
+            "Nexus failed to handle this request; this is a bug.",
+            "server_error",
+            "internal_error",
+        )
 
     return app
 
@@ -137,14 +145,16 @@ def make_app(gateway: Gateway) -> Any:
             if scope["method"] == "POST":
                 await handle_chat(gateway, scope, receive, send)
             else:
-                await send_json(
-                    ASGIDownstream(send),
+                await ASGIDownstream(send).respond(
                     405,
+                    [("content-type", "application/json"), ("allow", "POST")],
                     json.dumps(
-                        error_body(f"{CHAT_PATH} only accepts POST.", "invalid_request_error",
-                                   code="method_not_allowed")
+                        error_body(
+                            f"{CHAT_PATH} only accepts POST.",
+                            "invalid_request_error",
+                            code="method_not_allowed",
+                        )
                     ).encode(),
-                    [("allow", "POST")],
                 )
             return
         await quart_app(scope, receive, send)  # type: ignore[arg-type]

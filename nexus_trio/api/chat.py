@@ -28,7 +28,7 @@ from nexus_trio.proxy.forward import Outcome, forward_chat, sse_error_event
 from nexus_trio.routing.requirements import parse_chat_request
 from nexus_trio.routing.router import plan_route
 
-__all__ = ["ASGIDownstream", "handle_chat", "header_value", "request_id_of", "send_json"]
+__all__ = ["ASGIDownstream", "handle_chat", "header_value", "request_id_of"]
 
 log = logging.getLogger("nexus.api")
 
@@ -87,13 +87,10 @@ class ASGIDownstream:
             self.ended = True
             await self._send({"type": "http.response.body", "body": b"", "more_body": False})
 
-
-async def send_json(
-    downstream: ASGIDownstream, status: int, body: bytes, headers: list[tuple[str, str]]
-) -> None:
-    await downstream.start(status, [("content-type", "application/json"), *headers])
-    await downstream.send(body)
-    await downstream.end()
+    async def respond(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
+        await self.start(status, [*headers, ("content-length", str(len(body)))])
+        self.ended = True
+        await self._send({"type": "http.response.body", "body": body, "more_body": False})
 
 
 async def _read_body(scope: Scope, receive: ASGIReceive, limit: int) -> bytes | None:
@@ -182,15 +179,15 @@ async def handle_chat(gateway: Gateway, scope: Scope, receive: ASGIReceive, send
                 if downstream.started:
                     await downstream.send(sse_error_event(error.message, error.code or "error"))
                 else:
-                    await downstream.start(
+                    await downstream.respond(
                         error.status,
                         [
                             ("content-type", "application/json"),
                             ("x-request-id", request_id),
                             *error.headers(),
                         ],
+                        error.to_json(),
                     )
-                    await downstream.send(error.to_json())
             await downstream.end()
             nursery.cancel_scope.cancel()
     finally:

@@ -70,8 +70,7 @@ def parse_ollama_show(name: str, payload: Any) -> ModelInfo:
             {Capability.JSON}
             | {_OLLAMA_CAPABILITIES[c] for c in listed if c in _OLLAMA_CAPABILITIES}
         )
-    return ModelInfo(id=name, owned_by="ollama", context_length=context,
-                     capabilities=capabilities)
+    return ModelInfo(id=name, owned_by="ollama", context_length=context, capabilities=capabilities)
 
 
 class OllamaShowCache:

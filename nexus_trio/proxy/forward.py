@@ -59,6 +59,9 @@ class Downstream(Protocol):
     async def end(self) -> None:
         """The response is complete; later calls do nothing."""
 
+    async def respond(self, status: int, headers: Headers, body: bytes) -> None:
+        """A whole response at once, with its Content-Length."""
+
 
 @dataclass(slots=True)
 class Outcome:
@@ -73,7 +76,7 @@ class Outcome:
     error: str | None = None  # a failure after the stream committed
 
 
-class _PassThrough(Exception):  # noqa: N818 - a signal, not an error
+class _PassThrough(Exception):
     """The backend refused the request itself: hand its answer to the client as is."""
 
     def __init__(self, status: int, body: bytes, content_type: str) -> None:
@@ -128,8 +131,15 @@ def _says_something(choice: object) -> bool:
         return True
     delta = choice.get("delta")
     return isinstance(delta, dict) and any(
-        delta.get(key) for key in ("content", "tool_calls", "function_call", "refusal",
-                                   "reasoning_content", "reasoning")
+        delta.get(key)
+        for key in (
+            "content",
+            "tool_calls",
+            "function_call",
+            "refusal",
+            "reasoning_content",
+            "reasoning",
+        )
     )
 
 
@@ -248,15 +258,17 @@ async def _attempt_stream(
         outcome.backend, outcome.model, outcome.status = backend.name, candidate.model, 200
         await downstream.start(
             200,
-            [*_nexus_headers(candidate, request_id, "text/event-stream"),
-             ("cache-control", "no-cache")],
+            [
+                *_nexus_headers(candidate, request_id, "text/event-stream"),
+                ("cache-control", "no-cache"),
+            ],
         )
         await downstream.send(first)
 
         # Phase 2, relaying: every read under the idle deadline.
         failure = None
         while not state.done:
-            read = None
+            read = b""
             with trio.move_on_after(timeouts.stream_idle_seconds) as idle:
                 try:
                     read = await anext(chunks)
@@ -276,7 +288,6 @@ async def _attempt_stream(
                     backend.name, f"stalled for {timeouts.stream_idle_seconds:g} s mid-stream"
                 )
                 break
-            assert read is not None
             data, failure = _take_events(parser.feed(read), state, backend.name)
             await downstream.send(data)
             if failure is not None:
@@ -324,8 +335,10 @@ async def _attempt_json(
                 "POST",
                 backend.url + "/v1/chat/completions",
                 content=body,
-                headers={**backend_headers(backend, request_id),
-                         "content-type": "application/json"},
+                headers={
+                    **backend_headers(backend, request_id),
+                    "content-type": "application/json",
+                },
             ) as response:
                 if response.status_code != 200:
                     raise await _classify_status(response, candidate, registry)
@@ -340,10 +353,11 @@ async def _attempt_json(
     except ValueError:
         parsed = None
     if not isinstance(parsed, dict) or "choices" not in parsed:
-        raise BackendProtocolError(backend.name, "answered 200 with a body that is not a completion")
+        raise BackendProtocolError(
+            backend.name, "answered 200 with a body that is not a completion"
+        )
     outcome.backend, outcome.model, outcome.status = backend.name, candidate.model, 200
-    await downstream.start(200, _nexus_headers(candidate, request_id, content_type))
-    await downstream.send(answer)
+    await downstream.respond(200, _nexus_headers(candidate, request_id, content_type), answer)
 
 
 async def forward_chat(
@@ -374,16 +388,27 @@ async def forward_chat(
         backend.in_flight += 1
         try:
             await attempt(
-                client, candidate, chat.body_for(candidate.model), request_id, timeouts,
-                registry, downstream, outcome,
+                client,
+                candidate,
+                chat.body_for(candidate.model),
+                request_id,
+                timeouts,
+                registry,
+                downstream,
+                outcome,
             )
             return
         except _PassThrough as answer:
-            outcome.backend, outcome.model, outcome.status = backend.name, candidate.model, answer.status
-            await downstream.start(
-                answer.status, _nexus_headers(candidate, request_id, answer.content_type)
+            outcome.backend, outcome.model, outcome.status = (
+                backend.name,
+                candidate.model,
+                answer.status,
             )
-            await downstream.send(answer.body)
+            await downstream.respond(
+                answer.status,
+                _nexus_headers(candidate, request_id, answer.content_type),
+                answer.body,
+            )
             return
         except BackendError as failure:
             outcome.failures.append(failure)

@@ -24,8 +24,9 @@ def open_upstream_client(connect_timeout_seconds: float) -> httpx.AsyncClient:
     """
     return httpx.AsyncClient(
         timeout=httpx.Timeout(None, connect=connect_timeout_seconds),
-        limits=httpx.Limits(max_connections=None, max_keepalive_connections=256,
-                            keepalive_expiry=30.0),
+        limits=httpx.Limits(
+            max_connections=None, max_keepalive_connections=256, keepalive_expiry=30.0
+        ),
         follow_redirects=False,
         trust_env=False,  # a proxy from the environment must not sit between us and the fleet
         headers={"user-agent": "nexus-trio"},

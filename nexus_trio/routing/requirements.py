@@ -105,7 +105,9 @@ def parse_chat_request(body: bytes) -> ChatRequest:
     """
     try:
         payload = json.loads(body)
-    except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
+    except RecursionError:
+        raise _invalid("The request body nests JSON too deeply.", None) from None
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise _invalid(
             f"The request body is not valid JSON ({exc}). Send a JSON object with "
             "'model' and 'messages'.",
@@ -137,8 +139,10 @@ def parse_chat_request(body: bytes) -> ChatRequest:
         raise _invalid("'tools' must be an array of tool definitions.", "tools")
     response_format = payload.get("response_format")
     if response_format is not None and not isinstance(response_format, dict):
-        raise _invalid("'response_format' must be an object such as {\"type\": \"json_object\"}.",
-                       "response_format")
+        raise _invalid(
+            '\'response_format\' must be an object such as {"type": "json_object"}.',
+            "response_format",
+        )
     wants_json = isinstance(response_format, dict) and response_format.get("type") in (
         "json_object",
         "json_schema",

@@ -80,23 +80,33 @@ class SimulatedBackend:
 
     def __post_init__(self) -> None:
         self.flavor = Flavor(self.flavor)
-        self.models = tuple(self.models)
         if self.tokens_per_second < 0:
             raise ValueError(f"tokens_per_second must be >= 0, not {self.tokens_per_second}")
         self.name = self.name or f"sim-{self.flavor.value}"
         if self.echo_prefill is None:
             self.echo_prefill = self.flavor is Flavor.LLAMACPP
-        self.models_by_id = {}
-        for model in self.models:
-            if model.id in self.models_by_id:
+        self.set_models(self.models)
+
+    def set_models(self, models: Sequence[SimModel]) -> None:
+        """Serve ``models`` from now on (a model pulled or deleted while running).
+
+        Raises:
+            ValueError: two models share an id.
+        """
+        by_id: dict[str, SimModel] = {}
+        for model in models:
+            if model.id in by_id:
                 raise ValueError(f"{self.name}: model id {model.id!r} is listed twice")
-            self.models_by_id[model.id] = model
+            by_id[model.id] = model
         if self.flavor is Flavor.OLLAMA:  # Ollama takes "name" for "name:latest" and back
-            for model in self.models:
+            for model in models:
                 alias = ollama_name(model.id)
                 if alias == model.id and model.id.endswith(":latest"):
                     alias = model.id.removesuffix(":latest")
-                self.models_by_id.setdefault(alias, model)
+                by_id.setdefault(alias, model)
+        self.models = tuple(models)
+        self.models_by_id = by_id
+        self.loaded = {m: t for m, t in self.loaded.items() if m in by_id}
 
     # -- where it listens ------------------------------------------------------------
 

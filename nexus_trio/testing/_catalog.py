@@ -17,7 +17,7 @@ __all__ = ["CREATED", "MODIFIED_AT", "QUANTIZATION", "Card", "card"]
 CREATED: Final = 1759233600
 MODIFIED_AT: Final = "2025-09-30T12:00:00Z"
 QUANTIZATION: Final = "Q4_K_M"
-BITS_PER_WEIGHT: Final = 4.85  # about what Q4_K_M comes to
+CENTIBITS_PER_WEIGHT: Final = 485  # 4.85 bits, about what Q4_K_M comes to
 DEFAULT_PARAMETERS: Final = 7_000_000_000
 
 _SIZE_TAG = re.compile(r"(\d+(?:\.\d+)?)([bm])\b", re.IGNORECASE)
@@ -59,6 +59,6 @@ def card(model_id: str) -> Card:
         label = f"{parameters / 1_000_000_000:.1f}B"
     else:
         label = f"{parameters / 1_000_000:.0f}M"
-    size = int(parameters * BITS_PER_WEIGHT / 8)
+    size = parameters * CENTIBITS_PER_WEIGHT // 800
     digest = hashlib.sha256(f"simulated:{model_id}".encode()).hexdigest()
     return Card(family, parameters, label, size, digest)

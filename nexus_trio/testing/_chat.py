@@ -41,14 +41,22 @@ async def handle_chat(backend: SimulatedBackend, request: Request, responder: Re
         await responder.run_watching_peer(partial(_respond, backend, request, responder))
     except PeerGone:
         gone = True
-    except trio.Cancelled:
-        gone = True  # the server is stopping, or refusing connections
+    except BaseException as exc:
+        gone = _cancelled(exc)  # the server is stopping, or refusing connections
         raise
     finally:
         stats.chat_in_flight -= 1
         if gone:
             stats.disconnects += 1
             stats.disconnected.set()
+
+
+def _cancelled(exc: BaseException) -> bool:
+    """Whether ``exc`` is a cancellation, perhaps grouped by the nurseries it crossed."""
+    if isinstance(exc, BaseExceptionGroup):
+        _, rest = exc.split((trio.Cancelled, PeerGone))
+        return rest is None
+    return isinstance(exc, trio.Cancelled)
 
 
 def _load(body: bytes) -> Any:

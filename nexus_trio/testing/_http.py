@@ -147,14 +147,26 @@ class Responder:
         Raises:
             PeerGone: the client went away before ``fn`` returned (or a write failed).
         """
-        done = False
+        # What ``fn`` raises leaves unwrapped, as from a plain ``await fn()``: the
+        # nursery would put it in an ExceptionGroup, and callers catch PeerGone
+        # and Cancelled by type.
+        failure: BaseException | None = None
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._watch_peer, nursery.cancel_scope)
-            await fn()
-            done = True
-            nursery.cancel_scope.cancel()
-        if self.peer_gone and not done:
-            raise PeerGone("client closed the connection")
+            try:
+                await fn()
+            except BaseException as exc:  # re-raised below, outside the nursery
+                failure = exc
+            finally:
+                nursery.cancel_scope.cancel()
+        if self.peer_gone and (failure is None or isinstance(failure, trio.Cancelled)):
+            # Cancelled by the watcher (an outer cancellation, if any, is raised
+            # again at the caller's next checkpoint).
+            if failure is not None:
+                raise PeerGone("client closed the connection") from None
+            return
+        if failure is not None:
+            raise failure
 
     async def _watch_peer(self, scope: trio.CancelScope) -> None:
         while True:
