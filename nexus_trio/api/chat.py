@@ -24,7 +24,9 @@ import trio
 from nexus_trio.errors import BodyTooLarge, NexusError, NoHealthyBackend
 from nexus_trio.gateway import Gateway
 from nexus_trio.logs import log_request
-from nexus_trio.proxy.forward import Outcome, forward_chat, sse_error_event
+from nexus_trio.proxy.attempt import Attempt, Outcome
+from nexus_trio.proxy.forward import forward_chat
+from nexus_trio.proxy.streaming import sse_error_event
 from nexus_trio.routing.requirements import parse_chat_request
 from nexus_trio.routing.router import plan_route
 
@@ -155,16 +157,16 @@ async def handle_chat(gateway: Gateway, scope: Scope, receive: ASGIReceive, send
                 decision = plan_route(
                     chat.needs, registry.backends, settings.routing, turn=registry.next_turn()
                 )
-                await forward_chat(
+                attempt = Attempt(
                     gateway.client,
                     registry,
-                    chat,
-                    decision,
+                    settings.routing.timeouts,
+                    request_id,
                     downstream,
-                    request_id=request_id,
-                    timeouts=settings.routing.timeouts,
-                    max_attempts=settings.routing.max_attempts,
-                    outcome=outcome,
+                    outcome,
+                )
+                await forward_chat(
+                    attempt, chat, decision, max_attempts=settings.routing.max_attempts
                 )
             except NexusError as exc:
                 error = exc

@@ -1,6 +1,7 @@
 """The proxy: the upstream client, the attempt and failover loop, SSE parsing."""
 
-from nexus_trio.proxy.forward import Downstream, Outcome, forward_chat
+from nexus_trio.proxy.attempt import Downstream, Outcome
+from nexus_trio.proxy.forward import forward_chat
 from nexus_trio.proxy.sse import SSEEvent, SSEParser
 
 __all__ = ["Downstream", "Outcome", "SSEEvent", "SSEParser", "forward_chat"]

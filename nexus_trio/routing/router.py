@@ -115,13 +115,19 @@ def _why_none(model: str, serving: Sequence[Backend], needs: Requirements) -> Ne
             + "). Retry after a few seconds."
         )
     reasons = {_incapability(b, model, needs) for b in routable}
-    if reasons == {None}:
+    if None in reasons:
+        # Some backend could serve it and is only busy: that passes, so say retry.
         return NoHealthyBackend(
-            f"Every backend serving {model!r} is at its max_concurrency. Retry shortly.",
+            f"Every backend that can serve this request for {model!r} is at its "
+            "max_concurrency. Retry shortly.",
             retry_after_seconds=1,
         )
     if "context" in reasons:
-        longest = max((b.models[model].context_length or 0) for b in routable)
+        longest = max(
+            b.models[model].context_length or 0
+            for b in routable
+            if _incapability(b, model, needs) == "context"
+        )
         return ContextLengthExceeded(
             f"The request needs about {needs.context_tokens} tokens but {model!r} accepts at "
             f"most {longest}. Shorten the messages or lower max_tokens.",
@@ -169,7 +175,11 @@ def plan_route(
     model = routing.resolve_alias(needs.model)
     candidates: list[Candidate] = []
     first_error: NexusError | None = None
-    chain = (model, *(routing.resolve_alias(m) for m in routing.fallbacks.get(model, ())))
+    # A fallback may name the model itself or repeat one (directly or by alias):
+    # each model is tried once, so a backend that just failed is not retried.
+    chain = dict.fromkeys(
+        (model, *(routing.resolve_alias(m) for m in routing.fallbacks.get(model, ())))
+    )
     for position, name in enumerate(chain):
         serving = [b for b in backends if name in b.models]
         if not serving:

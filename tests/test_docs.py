@@ -1,0 +1,41 @@
+"""The configuration the README and examples show loads as written."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from nexus_trio.config import BackendType, Strategy, settings_from_mapping
+
+ROOT = Path(__file__).resolve().parent.parent
+README_TOML = re.findall(r"```toml\n(.*?)```", (ROOT / "README.md").read_text(), re.DOTALL)
+ENV = {"OPENAI_API_KEY": "sk-test"}
+
+
+def test_readme_has_config_examples() -> None:
+    assert len(README_TOML) >= 2
+
+
+@pytest.mark.parametrize("block", README_TOML, ids=lambda b: b.splitlines()[0])
+def test_readme_toml_loads(block: str) -> None:
+    settings_from_mapping(tomllib.loads(block), source="README.md", environ=ENV)
+
+
+def test_readme_seed_config_means_what_it_says() -> None:
+    settings = settings_from_mapping(tomllib.loads(README_TOML[0]), environ={})
+    assert [(b.name, b.type, b.priority) for b in settings.backends] == [
+        ("local-ollama", BackendType.OLLAMA, 1),
+        ("gpu-server", BackendType.VLLM, 2),
+    ]
+    assert settings.server.port == 8000
+    assert settings.routing.strategy is Strategy.SMART
+
+
+def test_example_config_loads() -> None:
+    data = tomllib.loads((ROOT / "examples" / "nexus.toml").read_text())
+    settings = settings_from_mapping(data, source="examples/nexus.toml", environ=ENV)
+    assert settings.routing.resolve_alias("gpt-4o-mini") == "llama3:8b"
+    assert len(settings.backends) == 4
