@@ -7,11 +7,13 @@ import nox
 nox.options.sessions = ["tests", "lint", "typecheck"]
 nox.options.reuse_existing_virtualenvs = True
 
+
 @nox.session
 def tests(session: nox.Session) -> None:
     """The test suite, warnings as errors."""
     session.install(".[test]")
     session.run("pytest", *session.posargs)
+
 
 @nox.session
 def lint(session: nox.Session) -> None:
@@ -19,6 +21,7 @@ def lint(session: nox.Session) -> None:
     session.install("ruff")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
+
 
 @nox.session
 def typecheck(session: nox.Session) -> None:

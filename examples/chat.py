@@ -1,7 +1,7 @@
 """Talk to Nexus with the official OpenAI SDK, streaming and not.
 
-    nexus serve --demo            # in one terminal
-    python examples/chat.py       # in another
+nexus serve --demo            # in one terminal
+python examples/chat.py       # in another
 """
 
 from __future__ import annotations

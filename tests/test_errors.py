@@ -297,3 +297,17 @@ async def test_failure_after_the_stream_committed_is_one_error_event(start_nexus
     assert "mid-stream" in raised.value.message
     assert len(text.split()) == 3  # the three tokens before the cut, nothing dressed up as text
     assert await nexus.in_flight() == {"a": 0}
+
+
+async def test_fallbacks_keyed_by_an_alias_apply(start_nexus: Any) -> None:
+    big = sim("big", Flavor.VLLM, "llama3:70b")
+    small = sim("small", Flavor.VLLM, "llama3:8b")
+    nexus = await start_nexus(
+        [big, small],
+        routing={"aliases": {"gpt-4": "llama3:70b"}, "fallbacks": {"gpt-4": ["llama3:8b"]}},
+    )
+    await big.refuse_connections()
+    response = await nexus.http.post(CHAT, json={**HELLO, "model": "gpt-4"})
+    assert response.status_code == 200
+    assert response.headers["x-nexus-backend"] == "small"
+    assert response.headers["x-nexus-fallback-model"] == "llama3:8b"

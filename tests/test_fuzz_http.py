@@ -17,9 +17,10 @@ import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helpers import nexus_config, sim
 from nexus_trio.config import settings_from_mapping
 from nexus_trio.supervisor import serve_nexus
+
+from helpers import nexus_config, sim
 
 JSON_VALUES = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),

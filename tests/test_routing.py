@@ -63,31 +63,45 @@ def routing_settings(**routing: Any) -> RoutingSettings:
     return settings_from_mapping({"routing": routing}).routing
 
 
+# Strategies built once: building them inside a composite costs more than drawing from them.
+context_lengths = st.none() | st.sampled_from(CONTEXTS) | st.integers(1, 10**6)
+capability_sets = st.none() | st.frozensets(st.sampled_from(Capability))
+served_models = st.lists(st.sampled_from(MODELS), unique=True, min_size=1)
+priorities = st.integers(0, 5)
+max_concurrencies = st.none() | st.integers(1, 4)
+healths = st.sampled_from((*Health, Health.HEALTHY))
+in_flights = st.integers(0, 4)
+ttfts = st.none() | st.floats(0, 10)
+
+
 @st.composite
-def backends(draw: st.DrawFn, name: str) -> Backend:
-    served = draw(st.lists(st.sampled_from(MODELS), unique=True, min_size=1))
+def backends(
+    draw: st.DrawFn, name: str, served: st.SearchStrategy[list[str]] = served_models
+) -> Backend:
     models = {
-        m: ModelInfo(
-            m,
-            context_length=draw(st.none() | st.sampled_from(CONTEXTS) | st.integers(1, 10**6)),
-            capabilities=draw(st.none() | st.frozensets(st.sampled_from(Capability))),
-        )
-        for m in served
+        m: ModelInfo(m, context_length=draw(context_lengths), capabilities=draw(capability_sets))
+        for m in draw(served)
     }
     return backend(
         name,
         models,
-        priority=draw(st.integers(0, 5)),
-        max_concurrency=draw(st.none() | st.integers(1, 4)),
-        health=draw(st.sampled_from((*Health, Health.HEALTHY))),
-        in_flight=draw(st.integers(0, 4)),
-        ttft_ewma_seconds=draw(st.none() | st.floats(0, 10)),
+        priority=draw(priorities),
+        max_concurrency=draw(max_concurrencies),
+        health=draw(healths),
+        in_flight=draw(in_flights),
+        ttft_ewma_seconds=draw(ttfts),
     )
 
 
-fleets = st.integers(0, 8).flatmap(lambda n: st.tuples(*(backends(f"b{i}") for i in range(n))))
-
 rarely = st.sampled_from([False, False, False, True])  # most requests need no capability
+fleets = st.integers(0, 8).flatmap(lambda n: st.tuples(*(backends(f"b{i}") for i in range(n))))
+# For the order of candidates: every backend serves the requested model, so most are eligible.
+CROWD_MODEL = MODELS[0]
+crowds = st.integers(2, 8).flatmap(
+    lambda n: st.tuples(*(backends(f"b{i}", st.just([CROWD_MODEL])) for i in range(n)))
+)
+crowd_requirements = st.builds(Requirements, model=st.just(CROWD_MODEL), vision=rarely)
+
 requirements = st.builds(
     Requirements,
     model=st.sampled_from(MODELS * 3 + UNKNOWN + ALIASES),
@@ -99,9 +113,12 @@ requirements = st.builds(
 )
 
 
+any_strategy = st.sampled_from(Strategy)
+
+
 @st.composite
 def routings(
-    draw: st.DrawFn, strategies: st.SearchStrategy[Strategy] = st.sampled_from(Strategy)
+    draw: st.DrawFn, strategies: st.SearchStrategy[Strategy] = any_strategy
 ) -> RoutingSettings:
     # An alias points at a model or at a later alias: acyclic, at most MAX_ALIAS_HOPS hops.
     aliases = {
@@ -143,8 +160,8 @@ def shortfalls(info: ModelInfo, needs: Requirements) -> set[str]:
     caps = info.capabilities
     missing = {
         want
-        for want, cap in (("vision", "vision"), ("tools", "tools"), ("json", "json"))
-        if getattr(needs, want) and caps is not None and Capability(cap) not in caps
+        for want in ("vision", "tools", "json")
+        if getattr(needs, want) and caps is not None and Capability(want) not in caps
     }
     if info.context_length is not None and needs.context_tokens > info.context_length:
         missing.add("context")
@@ -160,9 +177,7 @@ def busy(b: Backend) -> bool:
 
 
 def eligible(b: Backend, model: str, needs: Requirements) -> bool:
-    return (
-        model in b.models and up(b) and not busy(b) and not shortfalls(b.models[model], needs)
-    )
+    return model in b.models and up(b) and not busy(b) and not shortfalls(b.models[model], needs)
 
 
 def expected_refusal(
@@ -301,8 +316,8 @@ def primary_candidates(decision: RouteDecision) -> list[Backend]:
 
 @PROPERTY
 @given(
-    needs=requirements,
-    fleet=fleets,
+    needs=crowd_requirements,
+    fleet=crowds,
     routing=routings(st.just(Strategy.PRIORITY)),
     turn=st.integers(0, 20),
 )
@@ -317,8 +332,8 @@ def test_priority_prefers_the_lowest_priority_number(
 
 @PROPERTY
 @given(
-    needs=requirements,
-    fleet=fleets,
+    needs=crowd_requirements,
+    fleet=crowds,
     routing=routings(st.just(Strategy.LEAST_BUSY)),
     turn=st.integers(0, 20),
 )
@@ -333,8 +348,8 @@ def test_least_busy_starts_with_the_least_loaded(
 
 @PROPERTY
 @given(
-    needs=requirements,
-    fleet=fleets,
+    needs=crowd_requirements,
+    fleet=crowds,
     routing=routings(st.just(Strategy.SMART)),
     turn=st.integers(0, 20),
 )
@@ -348,7 +363,7 @@ def test_smart_keeps_priority_tiers_then_load(
 
 
 @PROPERTY
-@given(needs=requirements, fleet=fleets, routing=routings(st.just(Strategy.ROUND_ROBIN)))
+@given(needs=crowd_requirements, fleet=crowds, routing=routings(st.just(Strategy.ROUND_ROBIN)))
 def test_round_robin_puts_each_eligible_backend_first_once_per_round(
     needs: Requirements, fleet: tuple[Backend, ...], routing: RoutingSettings
 ) -> None:

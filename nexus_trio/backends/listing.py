@@ -28,6 +28,11 @@ __all__ = ["OllamaShowCache", "list_models", "parse_ollama_show", "parse_openai_
 _OLLAMA_CAPABILITIES = {"vision": Capability.VISION, "tools": Capability.TOOLS}
 
 
+def _positive_int(value: object) -> bool:
+    # bool is an int to Python, but `true` is no context length.
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
 def parse_openai_models(payload: Any, default_owner: str) -> list[ModelInfo]:
     """Models from a ``GET /v1/models`` answer (OpenAI list shape)."""
     if not isinstance(payload, dict) or not isinstance(payload.get("data"), list):
@@ -45,7 +50,7 @@ def parse_openai_models(payload: Any, default_owner: str) -> list[ModelInfo]:
             ModelInfo(
                 id=entry["id"],
                 owned_by=owner if isinstance(owner, str) and owner else default_owner,
-                context_length=context if isinstance(context, int) and context > 0 else None,
+                context_length=context if _positive_int(context) else None,
             )
         )
     return models
@@ -59,7 +64,7 @@ def parse_ollama_show(name: str, payload: Any) -> ModelInfo:
     model_info = payload.get("model_info")
     if isinstance(model_info, dict):
         for key, value in model_info.items():
-            if key.endswith(".context_length") and isinstance(value, int) and value > 0:
+            if key.endswith(".context_length") and _positive_int(value):
                 context = value
                 break
     capabilities: frozenset[Capability] | None = None
@@ -149,7 +154,7 @@ async def list_models(
         try:
             return await _list_ollama(client, backend, cache or OllamaShowCache())
         except* BackendError as group:
-            raise group.exceptions[0] from None
+            raise group.exceptions[0]  # noqa: B904 - keeps the httpx cause it carries
     payload = await _get_json(client, backend, "GET", "/v1/models")
     try:
         return parse_openai_models(payload, _OWNER_BY_TYPE[backend.type])

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 __all__ = ["DONE", "SSEEvent", "SSEParser"]
 
 DONE = "[DONE]"
+_BOM = b"\xef\xbb\xbf"
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,9 +44,10 @@ class SSEParser:
     ['{"a": 1}', '[DONE]']
     """
 
-    __slots__ = ("_buffer", "_data", "_event", "_event_start", "_scan")
+    __slots__ = ("_buffer", "_data", "_event", "_event_start", "_scan", "_started")
 
     def __init__(self) -> None:
+        self._started = False  # past a possible byte order mark
         self._buffer = bytearray()
         self._scan = 0  # where the next unread line starts in _buffer
         self._event_start = 0  # where the event being read starts in _buffer
@@ -61,6 +63,13 @@ class SSEParser:
         """Take one read; return every event it completed, in order."""
         buffer = self._buffer
         buffer += chunk
+        if not self._started:
+            # The standard says to ignore one leading UTF-8 byte order mark.
+            if len(buffer) < 3 and _BOM.startswith(bytes(buffer)):
+                return []
+            if buffer.startswith(_BOM):
+                del buffer[:3]
+            self._started = True
         events: list[SSEEvent] = []
         scan = self._scan
         end = len(buffer)

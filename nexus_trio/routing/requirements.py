@@ -44,7 +44,8 @@ class ChatRequest:
         """The body to send upstream: the client's bytes, unless the model name must change."""
         if model == self.needs.model:
             return self.body
-        return json.dumps({**self.payload, "model": model}, ensure_ascii=False).encode()
+        # ASCII escapes: the same JSON, and a lone surrogate the client sent survives.
+        return json.dumps({**self.payload, "model": model}).encode()
 
 
 def _invalid(message: str, param: str | None) -> RequestError:

@@ -177,9 +177,9 @@ def plan_route(
     first_error: NexusError | None = None
     # A fallback may name the model itself or repeat one (directly or by alias):
     # each model is tried once, so a backend that just failed is not retried.
-    chain = dict.fromkeys(
-        (model, *(routing.resolve_alias(m) for m in routing.fallbacks.get(model, ())))
-    )
+    # Fallbacks are looked up under the name the client used and the model it resolves to.
+    fallbacks = (*routing.fallbacks.get(needs.model, ()), *routing.fallbacks.get(model, ()))
+    chain = dict.fromkeys((model, *(routing.resolve_alias(m) for m in fallbacks)))
     for position, name in enumerate(chain):
         serving = [b for b in backends if name in b.models]
         if not serving:
