@@ -28,3 +28,10 @@ def typecheck(session: nox.Session) -> None:
     """mypy --strict over the package."""
     session.install(".[test]", "mypy")
     session.run("mypy")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """What Nexus adds to a request, measured on loopback (not part of CI)."""
+    session.install(".")
+    session.run("python", "benchmarks/bench_overhead.py", *session.posargs)

@@ -21,8 +21,20 @@ request_logger = logging.getLogger("nexus.request")
 _STANDARD_ATTRS = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
 
+class RequestLine:
+    """A request's fields; rendered only if a handler writes the record."""
+
+    __slots__ = ("fields",)
+
+    def __init__(self, fields: dict[str, Any]) -> None:
+        self.fields = fields
+
+    def __str__(self) -> str:
+        return " ".join(f"{k}={v}" for k, v in self.fields.items() if v is not None)
+
+
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line; fields passed as ``extra`` become keys."""
+    """One JSON object per line; a request line's fields and ``extra`` become keys."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
@@ -30,8 +42,12 @@ class JsonFormatter(logging.Formatter):
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": record.getMessage(),
         }
+        if isinstance(record.msg, RequestLine):
+            entry["message"] = "request"
+            entry.update(record.msg.fields)
+        else:
+            entry["message"] = record.getMessage()
         entry.update(
             (k, v) for k, v in record.__dict__.items() if k not in _STANDARD_ATTRS and k[0] != "_"
         )
@@ -58,7 +74,4 @@ def configure_logging(settings: LoggingSettings) -> None:
 
 def log_request(fields: dict[str, Any]) -> None:
     """The request's one line: ``key=value`` pairs, or JSON keys with NEXUS_LOG_FORMAT=json."""
-    if not request_logger.isEnabledFor(logging.INFO):
-        return
-    text = " ".join(f"{k}={v}" for k, v in fields.items() if v is not None)
-    request_logger.info(text, extra=fields)
+    request_logger.info(RequestLine(fields))

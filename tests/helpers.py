@@ -47,9 +47,14 @@ class Running:
         body: dict[str, Any] = response.json()
         return body
 
-    async def in_flight(self) -> dict[str, int]:
-        """Requests in flight per backend, once every task in the test has settled."""
+    async def settled(self) -> None:
+        """Wait until every task has run as far as it can: a response the client has
+        read may still have its bookkeeping (counters, log line) to do."""
         await trio.testing.wait_all_tasks_blocked(cushion=0.01)
+
+    async def in_flight(self) -> dict[str, int]:
+        """Requests in flight per backend, once every task has settled."""
+        await self.settled()
         return {b.name: b.in_flight for b in self.gateway.registry}
 
 

@@ -1,0 +1,56 @@
+"""One log line per request: what happened, never what was said."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import pytest
+
+from helpers import sim
+from nexus_trio.logs import JsonFormatter, RequestLine
+
+PROMPT = "purple elephants juggle quietly"
+
+
+async def test_one_line_per_request_without_prompt_text(
+    start_nexus: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    a, b = sim("a"), sim("b")
+    nexus = await start_nexus(
+        [a, b], routing={"strategy": "priority"}, backend_options={"b": {"priority": 2}}
+    )
+    a.faults.status = 500
+    body = {"model": "llama3:8b", "messages": [{"role": "user", "content": PROMPT}]}
+    await nexus.http.post("/v1/chat/completions", json=body, headers={"x-request-id": "r-1"})
+    await nexus.http.post("/v1/chat/completions", json={**body, "model": "missing"})
+    await nexus.settled()
+
+    lines = [r for r in caplog.records if r.name == "nexus.request"]
+    assert len(lines) == 2
+    assert isinstance(lines[0].msg, RequestLine)
+    served = lines[0].msg.fields
+    assert served["request_id"] == "r-1"
+    assert (served["model"], served["served_model"], served["backend"]) == (
+        "llama3:8b",
+        "llama3:8b",
+        "b",
+    )
+    assert (served["status"], served["stream"], served["attempts"], served["failovers"]) == (
+        200,
+        False,
+        2,
+        1,
+    )
+    assert served["latency_ms"] > 0
+    assert "request_id=r-1" in lines[0].getMessage()
+    assert lines[1].msg.fields["status"] == 404
+    assert lines[1].msg.fields["error"] == "model_not_found"
+    assert PROMPT not in caplog.text
+
+    record = json.loads(JsonFormatter().format(lines[0]))
+    assert record["message"] == "request"
+    assert record["backend"] == "b"
+    assert record["level"] == "info"
