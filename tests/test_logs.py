@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
-from helpers import sim
 from nexus_trio.logs import JsonFormatter, RequestLine
+
+from helpers import sim
 
 PROMPT = "purple elephants juggle quietly"
 
