@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any
 
 __all__ = [
     "AllBackendsFailed",
@@ -58,9 +58,10 @@ def error_body(
 class NexusError(Exception):
     """Base of every error Nexus raises on purpose."""
 
-    status: ClassVar[int] = 500
-    type: ClassVar[str] = "server_error"
-    code: ClassVar[str | None] = None
+    # Class defaults; an instance may narrow them (AllBackendsFailed → 504).
+    status: int = 500
+    type: str = "server_error"
+    code: str | None = None
 
     def __init__(self, message: str, *, param: str | None = None) -> None:
         super().__init__(message)
@@ -178,5 +179,5 @@ class AllBackendsFailed(NexusError):
         )
         self.failures = tuple(failures)
         if failures and all(isinstance(f, BackendTimeout) for f in failures):
-            self.status = 504  # type: ignore[misc]
-            self.type = "timeout_error"  # type: ignore[misc]
+            self.status = 504
+            self.type = "timeout_error"
