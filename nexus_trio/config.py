@@ -331,6 +331,20 @@ class _List(_Check):
 
 
 @dataclass(frozen=True)
+class _Tuple(_Check):
+    """A list of scalars (strings, ports), as a tuple."""
+
+    item: _Check
+
+    scalar: ClassVar[bool] = False
+
+    def __call__(self, value: object, path: str) -> object:
+        if not isinstance(value, list | tuple):
+            raise _Bad(f"must be a list, got {_show(value)}", path)
+        return tuple(self.item(v, f"{path}[{i}]") for i, v in enumerate(value))
+
+
+@dataclass(frozen=True)
 class _Table(_Check):
     """A nested dataclass: rejects unknown keys, checks each field, applies defaults."""
 
@@ -395,6 +409,23 @@ class ServerSettings:
     port: int = field(default=8000, metadata=_meta(_Int(0, 65535), env="NEXUS_PORT"))
     max_body_bytes: int = field(default=10 * 1024 * 1024, metadata=_meta(_AT_LEAST_ONE))
     shutdown_grace_seconds: float = field(default=30.0, metadata=_meta(_Float(0, above=False)))
+    # Without a token the admin API answers loopback clients only; with one, anyone holding it.
+    admin_token: str | None = field(
+        default=None,
+        repr=False,
+        metadata=_meta(
+            _Optional(_Str(r"\S{8,}", "at least 8 characters without spaces", show=False)),
+            env="NEXUS_ADMIN_TOKEN",
+        ),
+    )
+    # Backends added through the admin API, kept across restarts. Default: nexus.state.json
+    # next to the config file, or in the current directory when there is none.
+    state_file: str | None = field(default=None, metadata=_meta(_Optional(_Str())))
+
+
+DEFAULT_SERVICE_TYPES: Final = ("_ollama._tcp.local.", "_llm._tcp.local.")
+# Ollama, llama.cpp (and LocalAI), vLLM, LM Studio, exo.
+DEFAULT_PROBE_PORTS: Final = (11434, 8080, 8000, 1234, 52415)
 
 
 @dataclass(frozen=True, slots=True)
@@ -402,6 +433,25 @@ class DiscoverySettings:
     """``[discovery]``: whether to browse mDNS and probe well-known local ports."""
 
     enabled: bool = field(default=True, metadata=_meta(_Bool(), env="NEXUS_DISCOVERY"))
+    service_types: tuple[str, ...] = field(
+        default=DEFAULT_SERVICE_TYPES,
+        metadata=_meta(
+            _Tuple(
+                _Str(r"_[A-Za-z0-9-]+\._(tcp|udp)\.local\.", "an mDNS type like '_llm._tcp.local.'")
+            )
+        ),
+    )
+    # Addresses to listen and announce on; empty means every interface.
+    interfaces: tuple[str, ...] = field(
+        default=(), metadata=_meta(_Tuple(_Str(r"[0-9A-Fa-f.:]+", "an IP address")))
+    )
+    probe_local: bool = field(default=True, metadata=_meta(_Bool()))
+    probe_ports: tuple[int, ...] = field(
+        default=DEFAULT_PROBE_PORTS, metadata=_meta(_Tuple(_Int(1, 65535)))
+    )
+    probe_interval_seconds: float = field(default=60.0, metadata=_meta(_POSITIVE))
+    # How long a backend that said goodbye (or stopped answering a probe) is remembered.
+    grace_period_seconds: float = field(default=60.0, metadata=_meta(_Float(0, above=False)))
 
 
 @dataclass(frozen=True, slots=True)

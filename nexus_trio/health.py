@@ -1,23 +1,30 @@
 """Active health checks: one probe loop per backend, all under one nursery.
 
-A probe asks the backend for its model list (never a generation), so each
-cycle also keeps the models current. Probes are jittered so a large fleet is
-not probed in lockstep, and each runs under ``health_check.timeout_seconds``.
+Each check is cheap and type-specific (`nexus_trio.backends.checkup`) and also
+refreshes what the backend serves: its models and their capabilities, what is
+loaded, how many slots it has. Checks are jittered, so a large fleet is not
+probed in lockstep, and each runs under ``health_check.timeout_seconds``, so a
+hanging backend delays nobody but itself.
 
-A backend demoted by a failed request is probed again soon (backing off from
-half a second up to the interval) so it returns to service as soon as it
-answers, even when periodic checks are turned off.
+States go ``unknown → healthy/unhealthy``; after that a backend changes state
+only after ``failure_threshold`` failed or ``recovery_threshold`` good checks
+in a row. Passive detection works beside it like a circuit breaker: a proxied
+request that fails demotes its backend at once (circuit open), and the loop
+then probes it soon, backing off from half a second up to the interval
+(half-open) until it answers again — even with periodic checks turned off.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import random
 
 import httpx
 import trio
 
-from nexus_trio.backends.listing import OllamaShowCache, list_models
+from nexus_trio.backends.checkup import check_with_deadline
+from nexus_trio.backends.listing import OllamaShowCache
 from nexus_trio.config import HealthCheckSettings
 from nexus_trio.errors import BackendError
 from nexus_trio.registry import Backend, Health, Registry
@@ -36,22 +43,22 @@ async def probe_backend(
     settings: HealthCheckSettings,
     cache: OllamaShowCache,
 ) -> bool:
-    """Probe once, fold the result into the registry; True if it answered."""
-    failure = f"no answer within {settings.timeout_seconds:g} s"
-    with trio.move_on_after(settings.timeout_seconds):
-        try:
-            models = await list_models(client, backend, cache)
-        except BackendError as exc:
-            failure = exc.reason
-        else:
-            registry.set_models(backend, models)
-            registry.record_probe(backend, True, recovery_threshold=settings.recovery_threshold)
-            return True
+    """Check once and fold the result into the registry; True if it answered."""
     was = backend.health
-    registry.record_probe(backend, False, failure, failure_threshold=settings.failure_threshold)
-    if backend.health is Health.UNHEALTHY and was is not Health.UNHEALTHY:
-        log.warning("backend %s is unhealthy: %s", backend.name, failure)
-    return False
+    try:
+        checkup = await check_with_deadline(client, backend, cache, settings.timeout_seconds)
+    except BackendError as exc:
+        registry.record_probe(
+            backend, False, exc.reason, failure_threshold=settings.failure_threshold
+        )
+        if backend.health is Health.UNHEALTHY and was is not Health.UNHEALTHY:
+            log.warning("backend %s is unhealthy: %s", backend.name, exc.reason)
+        return False
+    registry.record_checkup(backend, checkup)
+    registry.record_probe(backend, True, recovery_threshold=settings.recovery_threshold)
+    if backend.health is Health.HEALTHY and was is Health.UNHEALTHY:
+        log.info("backend %s is healthy again", backend.name)
+    return True
 
 
 async def _watch(
@@ -61,25 +68,27 @@ async def _watch(
     settings: HealthCheckSettings,
     cache: OllamaShowCache,
 ) -> None:
+    """Probe one backend for as long as it is registered."""
+    if backend.last_checked is None:
+        await probe_backend(registry, client, backend, settings, cache)
     recovery_delay = FIRST_RECOVERY_DELAY_SECONDS
     while True:
         if backend.health is Health.UNHEALTHY:
             wait = min(recovery_delay, settings.interval_seconds)
             recovery_delay *= 2
-        elif settings.enabled:
-            wait = settings.interval_seconds * random.uniform(0.9, 1.1)
-            recovery_delay = FIRST_RECOVERY_DELAY_SECONDS
         else:
-            wait = float("inf")  # checks are off: sleep until a request demotes it
             recovery_delay = FIRST_RECOVERY_DELAY_SECONDS
+            # Checks off: sleep until a failed request demotes it.
+            wait = (
+                settings.interval_seconds * random.uniform(0.9, 1.1)
+                if settings.enabled
+                else math.inf
+            )
         with trio.move_on_after(wait):
             await backend.recovery_wanted.wait()
             backend.recovery_wanted = trio.Event()
-            continue  # demoted just now: start the recovery schedule
-        was_down = backend.health is Health.UNHEALTHY
+            continue  # demoted just now: start the half-open schedule from its first step
         await probe_backend(registry, client, backend, settings, cache)
-        if was_down and backend.health is Health.HEALTHY:
-            log.info("backend %s is healthy again", backend.name)
 
 
 async def run_health(
@@ -89,18 +98,21 @@ async def run_health(
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Probe every backend now, concurrently; then keep watching each until cancelled.
+    """Check every backend now, concurrently; then watch each one until cancelled.
 
     Reports started once the first round is done, so the HTTP server opens on
-    a registry that already knows its models.
+    a registry that already knows its models. Backends added later get their
+    own watcher at once; removed ones lose it.
     """
-    caches = {b.name: OllamaShowCache() for b in registry}
+    # Unbounded: this subscriber must see every backend come and go.
+    events = registry.subscribe(buffer=math.inf)
+    caches: dict[str, OllamaShowCache] = {}
+    scopes: dict[str, trio.CancelScope] = {}
+
     async with trio.open_nursery() as first_round:
         for backend in registry:
-            first_round.start_soon(
-                probe_backend, registry, client, backend, settings, caches[backend.name]
-            )
-    scopes: dict[str, trio.CancelScope] = {}
+            cache = caches.setdefault(backend.name, OllamaShowCache())
+            first_round.start_soon(probe_backend, registry, client, backend, settings, cache)
 
     async def watch(backend: Backend) -> None:
         cache = caches.setdefault(backend.name, OllamaShowCache())
@@ -109,18 +121,18 @@ async def run_health(
             try:
                 await _watch(registry, client, backend, settings, cache)
             finally:
-                if scopes.get(backend.name) is scope:
-                    del scopes[backend.name]
+                # Unless a backend of the same name has been added since, its state goes.
+                if scopes.get(backend.name, scope) is scope:
+                    scopes.pop(backend.name, None)
                     caches.pop(backend.name, None)
 
-    # Subscribed only now: the first round's own changes need no reaction.
-    events = registry.subscribe()
     async with trio.open_nursery() as nursery:
         for backend in registry:
             nursery.start_soon(watch, backend)
         task_status.started()
         async for event in events:
-            if event.kind == "backend_added" and event.backend in registry:
-                nursery.start_soon(watch, registry.get(event.backend))
+            if event.kind == "backend_added" and event.backend not in scopes:
+                if event.backend in registry:
+                    nursery.start_soon(watch, registry.get(event.backend))
             elif event.kind == "backend_removed" and event.backend in scopes:
-                scopes[event.backend].cancel()
+                scopes.pop(event.backend).cancel()

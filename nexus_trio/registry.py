@@ -12,18 +12,24 @@ backend's fields directly.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+from urllib.parse import urlsplit
 
 import trio
 
 from nexus_trio.config import BackendSettings, BackendType, ModelOverride
 
+if TYPE_CHECKING:
+    from nexus_trio.backends.checkup import Checkup
+
 __all__ = [
+    "SOURCE_PRECEDENCE",
     "Backend",
     "Capability",
     "Health",
@@ -31,7 +37,14 @@ __all__ = [
     "Registry",
     "RegistryEvent",
     "Secret",
+    "Source",
+    "endpoint_of",
 ]
+
+# Where a backend is known from. Several sources may know the same server; the
+# first of them in this order names it and sets its priority.
+Source = Literal["config", "admin", "demo", "mdns", "probe"]
+SOURCE_PRECEDENCE: tuple[Source, ...] = ("config", "admin", "demo", "mdns", "probe")
 
 # Smoothing factor for the time-to-first-token average: a new sample moves it
 # a fifth of the way, so one slow answer does not bury a fast backend.
@@ -101,8 +114,10 @@ class Backend:
     max_concurrency: int | None = None
     api_key: Secret | None = field(default=None, repr=False)
     model_overrides: Mapping[str, ModelOverride] = field(default_factory=dict, repr=False)
-    source: Literal["config", "demo", "discovery", "probe", "admin"] = "config"
+    sources: set[Source] = field(default_factory=lambda: {"config"})
     models: Mapping[str, ModelInfo] = field(default_factory=dict)
+    warm_models: frozenset[str] | None = None  # loaded in memory now (Ollama /api/ps)
+    slots: int | None = None  # parallel slots the server reports (llama.cpp /props)
     health: Health = Health.UNKNOWN
     health_detail: str = ""
     in_flight: int = 0
@@ -126,17 +141,58 @@ class Backend:
         )
 
     @property
+    def source(self) -> Source:
+        """The source that names this backend (see `SOURCE_PRECEDENCE`)."""
+        return next(s for s in SOURCE_PRECEDENCE if s in self.sources)
+
+    @property
+    def endpoint(self) -> tuple[str, int]:
+        return endpoint_of(self.url)
+
+    @property
     def routable(self) -> bool:
         return self.health is not Health.UNHEALTHY
 
     @property
     def load(self) -> float:
-        """In-flight requests relative to capacity (an unknown capacity counts as 1)."""
-        return self.in_flight / (self.max_concurrency or 1)
+        """In-flight requests relative to capacity: the configured limit, else the
+        server's own slot count, else 1."""
+        return self.in_flight / (self.max_concurrency or self.slots or 1)
+
+    def is_warm(self, model: str) -> bool:
+        """Whether the model is known to be loaded; unknown counts as warm."""
+        return self.warm_models is None or model in self.warm_models
 
     @property
     def saturated(self) -> bool:
         return self.max_concurrency is not None and self.in_flight >= self.max_concurrency
+
+
+_LOOPBACK = "loopback"
+
+
+def endpoint_of(url: str) -> tuple[str, int]:
+    """(host, port) that identifies a server across sources.
+
+    Loopback addresses (127.0.0.0/8, ::1, localhost) are one host, since they
+    reach the same server; names are compared lower-case. Resolving other
+    names is the caller's job (it is I/O).
+    """
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        port = 0
+    if host == "localhost":
+        return _LOOPBACK, port
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host, port
+    if address.is_loopback:
+        return _LOOPBACK, port
+    return address.compressed, port
 
 
 def api_root(url: str) -> str:
@@ -208,6 +264,12 @@ class Registry:
             backend.models = listed
             self._publish(RegistryEvent("models", backend.name, f"{len(listed)} models"))
 
+    def record_checkup(self, backend: Backend, checkup: Checkup) -> None:
+        """Take in what a health check found: models, what is warm, slots."""
+        self.set_models(backend, checkup.models)
+        backend.warm_models = checkup.warm_models
+        backend.slots = checkup.slots
+
     def forget_model(self, backend: Backend, model: str) -> None:
         """The backend said it no longer has this model (a 404 on chat)."""
         if model in backend.models:
@@ -269,10 +331,10 @@ class Registry:
 
     # -- events ------------------------------------------------------------------
 
-    def subscribe(self, buffer: int = 256) -> trio.MemoryReceiveChannel[RegistryEvent]:
+    def subscribe(self, buffer: float = 256) -> trio.MemoryReceiveChannel[RegistryEvent]:
         """A channel of every later change. A subscriber that falls ``buffer``
         events behind is dropped (its channel closes) rather than slowing the
-        registry down."""
+        registry down; ``math.inf`` for one that must see everything."""
         send, receive = trio.open_memory_channel[RegistryEvent](buffer)
         self._subscribers.append(send)
         return receive

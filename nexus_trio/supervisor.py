@@ -88,7 +88,7 @@ def _hypercorn_config(settings: Settings) -> hypercorn.config.Config:
 
 def demo_backends(fleet: Sequence[SimulatedBackend]) -> list[Backend]:
     return [
-        Backend(name=sim.name, url=sim.url, type=BackendType(sim.flavor.value), source="demo")
+        Backend(name=sim.name, url=sim.url, type=BackendType(sim.flavor.value), sources={"demo"})
         for sim in fleet
     ]
 

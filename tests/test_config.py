@@ -251,10 +251,17 @@ def test_precedence(
     assert get(settings, key) == expected
 
 
+def test_admin_token_is_never_shown() -> None:
+    settings = settings_from_mapping({}, environ={"NEXUS_ADMIN_TOKEN": "tok-0123456789"})
+    assert settings.server.admin_token == "tok-0123456789"
+    assert "tok-0123456789" not in repr(settings)
+
+
 def test_env_table_comes_from_the_schema() -> None:
     assert dict(ENV_VARS) == {
         "NEXUS_HOST": "server.host",
         "NEXUS_PORT": "server.port",
+        "NEXUS_ADMIN_TOKEN": "server.admin_token",
         "NEXUS_DISCOVERY": "discovery.enabled",
         "NEXUS_HEALTH_CHECK": "health_check.enabled",
         "NEXUS_LOG_LEVEL": "logging.level",

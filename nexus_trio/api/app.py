@@ -87,6 +87,7 @@ def make_quart_app(gateway: Gateway) -> QuartTrio:
                     "status": b.health.value,
                     "type": b.type.value,
                     "source": b.source,
+                    "sources": sorted(b.sources),
                     "models": len(b.models),
                     "in_flight": b.in_flight,
                     "detail": b.health_detail or None,

@@ -23,7 +23,13 @@ from nexus_trio.errors import BackendError, BackendProtocolError, BackendStatus
 from nexus_trio.proxy.upstream import backend_headers, translate_httpx_error
 from nexus_trio.registry import Backend, Capability, ModelInfo
 
-__all__ = ["OllamaShowCache", "list_models", "parse_ollama_show", "parse_openai_models"]
+__all__ = [
+    "OllamaShowCache",
+    "get_json",
+    "list_models",
+    "parse_ollama_show",
+    "parse_openai_models",
+]
 
 _OLLAMA_CAPABILITIES = {"vision": Capability.VISION, "tools": Capability.TOOLS}
 
@@ -91,7 +97,7 @@ class OllamaShowCache:
         self._shown[(name, digest)] = info
 
 
-async def _get_json(
+async def get_json(
     client: httpx.AsyncClient, backend: Backend, method: str, path: str, **kwargs: Any
 ) -> Any:
     try:
@@ -111,7 +117,7 @@ async def _get_json(
 async def _list_ollama(
     client: httpx.AsyncClient, backend: Backend, cache: OllamaShowCache
 ) -> list[ModelInfo]:
-    tags = await _get_json(client, backend, "GET", "/api/tags")
+    tags = await get_json(client, backend, "GET", "/api/tags")
     entries = tags.get("models") if isinstance(tags, dict) else None
     if not isinstance(entries, list):
         raise BackendProtocolError(backend.name, "/api/tags has no 'models' array")
@@ -125,7 +131,7 @@ async def _list_ollama(
     async def show(name: str, digest: str) -> None:
         info = cache.get(name, digest)
         if info is None:
-            payload = await _get_json(client, backend, "POST", "/api/show", json={"model": name})
+            payload = await get_json(client, backend, "POST", "/api/show", json={"model": name})
             try:
                 info = parse_ollama_show(name, payload)
             except ValueError as exc:
@@ -155,7 +161,7 @@ async def list_models(
             return await _list_ollama(client, backend, cache or OllamaShowCache())
         except* BackendError as group:
             raise group.exceptions[0]  # noqa: B904 - keeps the httpx cause it carries
-    payload = await _get_json(client, backend, "GET", "/v1/models")
+    payload = await get_json(client, backend, "GET", "/v1/models")
     try:
         return parse_openai_models(payload, _OWNER_BY_TYPE[backend.type])
     except ValueError as exc:
