@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import httpx
 
 from nexus_trio.config import Settings
 from nexus_trio.registry import Registry
+
+if TYPE_CHECKING:
+    from nexus_trio.fleet import Fleet
 
 __all__ = ["Gateway"]
 
@@ -21,6 +25,7 @@ class Gateway:
     started_at: float = field(default_factory=time.monotonic)
     draining: bool = False  # set on the first shutdown signal: new requests get 503
     url: str = ""  # where the HTTP server listens, once it does
+    fleet: Fleet | None = None  # adds and removes backends at run time (admin API)
 
     @property
     def uptime_seconds(self) -> float:

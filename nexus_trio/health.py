@@ -87,6 +87,8 @@ async def _watch(
         with trio.move_on_after(wait):
             await backend.recovery_wanted.wait()
             backend.recovery_wanted = trio.Event()
+            if backend.health is Health.UNKNOWN:  # revived: check it now
+                await probe_backend(registry, client, backend, settings, cache)
             continue  # demoted just now: start the half-open schedule from its first step
         await probe_backend(registry, client, backend, settings, cache)
 

@@ -315,6 +315,12 @@ class Registry:
         self._set_health(backend, Health.UNHEALTHY, reason)
         backend.recovery_wanted.set()
 
+    def revive(self, backend: Backend) -> None:
+        """Back in rotation untested (it was announced again); checked at once."""
+        backend.consecutive_failures = 0
+        self._set_health(backend, Health.UNKNOWN, "")
+        backend.recovery_wanted.set()
+
     def record_ttft(self, backend: Backend, seconds: float) -> None:
         if not math.isfinite(seconds) or seconds < 0:
             return

@@ -6,9 +6,10 @@
     └── root nursery
         ├── signals      SIGINT/SIGTERM → stop accepting, drain, exit
         ├── demo fleet   (--demo) simulated backends on loopback
-        ├── registry     lists every backend's models, then takes in what discovery finds
+        ├── fleet        merges what every source finds into the registry
         ├── health       one probe loop per backend
-        ├── discovery    sources of backends nobody configured
+        ├── (demo)       the demo fleet announces itself over mDNS on loopback
+        ├── discovery    mDNS browsing and local port probing
         └── http         hypercorn's trio worker serving the app
 
 Tasks start in that order with ``nursery.start``, each reporting ready before
@@ -24,14 +25,18 @@ import logging
 import os
 import signal
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 
 import hypercorn.config
 import hypercorn.trio
 import trio
+from zeroconf import ServiceInfo
 
 from nexus_trio.api.app import make_app
 from nexus_trio.config import BackendType, Settings
-from nexus_trio.discovery import run_discovery
+from nexus_trio.discovery import Found, run_discovery
+from nexus_trio.discovery.advertise import advertise, service_info_for
+from nexus_trio.fleet import Fleet, StateFile, default_state_path
 from nexus_trio.gateway import Gateway
 from nexus_trio.health import run_health
 from nexus_trio.proxy.upstream import open_upstream_client
@@ -58,21 +63,6 @@ async def stop_on_signal(stop: trio.Event, root: trio.CancelScope) -> None:
                 return
 
 
-async def run_registry(
-    backends: Sequence[Backend],
-    inbox: trio.MemoryReceiveChannel[Backend],
-    *,
-    task_status: trio.TaskStatus[Registry] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """Own the registry: report it, then take in the backends discovery finds."""
-    registry = Registry(backends)
-    task_status.started(registry)
-    async with inbox:
-        async for backend in inbox:
-            if backend.name not in registry:
-                registry.add(backend)
-
-
 def _hypercorn_config(settings: Settings) -> hypercorn.config.Config:
     config = hypercorn.config.Config()
     host = settings.server.host
@@ -84,6 +74,19 @@ def _hypercorn_config(settings: Settings) -> hypercorn.config.Config:
     config.errorlog = logging.getLogger("hypercorn.error")
     config.keep_alive_timeout = 75  # longer than common client pools keep idle sockets
     return config
+
+
+LOOPBACK = ("127.0.0.1",)
+
+
+def demo_announcements(fleet: Sequence[SimulatedBackend]) -> list[ServiceInfo]:
+    """mDNS announcements of the demo fleet, as `nexus advertise` would make them."""
+    return [
+        service_info_for(
+            sim.url, BackendType(sim.flavor.value), sim.name, models=[m.id for m in sim.models]
+        )
+        for sim in fleet
+    ]
 
 
 def demo_backends(fleet: Sequence[SimulatedBackend]) -> list[Backend]:
@@ -121,15 +124,29 @@ async def serve_nexus(
     ):
         if handle_signals:
             root.start_soon(stop_on_signal, stop, root.cancel_scope)
-        if settings.demo:
-            fleet = demo_fleet()
-            await root.start(serve_fleet, fleet)
-            backends += demo_backends(fleet)
-        found, inbox = trio.open_memory_channel[Backend](64)
-        registry = await root.start(run_registry, backends, inbox)
+        fleet_sims = demo_fleet() if settings.demo else []
+        if fleet_sims:
+            await root.start(serve_fleet, fleet_sims)
+            backends += demo_backends(fleet_sims)
+        registry = Registry(backends)
+        found, inbox = trio.open_memory_channel[Found](256)
+        fleet = await root.start(
+            Fleet(registry, client, settings, StateFile(default_state_path(settings))).run, inbox
+        )
         await root.start(run_health, registry, client, settings.health_check)
-        await root.start(run_discovery, settings.discovery, found)
-        gateway = Gateway(settings, registry, client)
+        discovery = settings.discovery
+        if settings.demo:
+            # The demo fleet announces itself on loopback; Nexus listens there too
+            # unless told otherwise, so the demo never sends multicast off the machine.
+            discovery = replace(discovery, interfaces=discovery.interfaces or LOOPBACK)
+            await root.start(advertise, demo_announcements(fleet_sims), discovery.interfaces)
+        await root.start(
+            lambda task_status: run_discovery(
+                discovery, client, found, own_port=settings.server.port or None,
+                task_status=task_status,
+            )
+        )  # fmt: skip
+        gateway = Gateway(settings, registry, client, fleet=fleet)
         binds = await root.start(_serve_http, gateway, stop, root.cancel_scope)
         gateway.url = url = binds[0]
         log.info(

@@ -23,6 +23,7 @@ from nexus_trio.testing import (
     expected_answer,
     serve_fleet,
 )
+from nexus_trio.testing._native import node_id
 from nexus_trio.testing._text import answer_tokens
 
 # The openai SDK (and httpx under it) leave their own async generators to the garbage
@@ -762,3 +763,75 @@ async def test_set_models_changes_what_is_served(nursery: trio.Nursery) -> None:
         assert (await http.post("/v1/chat/completions", json=chat_body())).status_code == 404
         assert [m["name"] for m in (await http.get("/api/tags")).json()["models"]] == ["other:1b"]
         assert (await http.get("/api/ps")).json() == {"models": []}
+
+
+# -- LM Studio, exo and LocalAI -----------------------------------------------------------------
+
+
+async def test_lmstudio_endpoints(nursery: trio.Nursery) -> None:
+    models = [SimModel("qwen2.5-7b-instruct", 32768), SimModel("qwen2-vl-7b", 4096, vision=True)]
+    sim = await start(nursery, Flavor.LMSTUDIO, models)
+    async with httpx.AsyncClient(base_url=sim.url) as http:
+        listing = (await http.get("/api/v0/models")).json()
+        assert listing["object"] == "list"
+        text, vision = listing["data"]
+        assert set(text) == {
+            "id", "object", "type", "publisher", "arch", "compatibility_type", "quantization",
+            "state", "max_context_length",
+        }  # fmt: skip
+        assert (text["id"], text["type"], text["arch"]) == ("qwen2.5-7b-instruct", "llm", "qwen2")
+        assert (text["state"], text["max_context_length"]) == ("not-loaded", 32768)
+        assert (text["compatibility_type"], text["quantization"]) == ("gguf", "Q4_K_M")
+        assert vision["type"] == "vlm"
+        openai_listing = (await http.get("/v1/models")).json()
+        assert openai_listing["data"][0] == {
+            "id": "qwen2.5-7b-instruct", "object": "model", "owned_by": "organization_owner",
+        }  # fmt: skip
+        chat = chat_body(model="qwen2.5-7b-instruct")
+        assert (await http.post("/v1/chat/completions", json=chat)).status_code == 200
+        states = [m["state"] for m in (await http.get("/api/v0/models")).json()["data"]]
+        assert states == ["loaded", "not-loaded"]
+        # LM Studio says 200 to what it does not serve, with an error body
+        for method, path in [("GET", "/props"), ("GET", "/v1/chat/completions")]:
+            unknown = await http.request(method, path)
+            assert unknown.status_code == 200
+            assert unknown.json() == {"error": f"Unexpected endpoint or method. ({method} {path})"}
+
+
+async def test_exo_endpoints(nursery: trio.Nursery) -> None:
+    sim = await start(nursery, Flavor.EXO, [SimModel("llama-3.2-1b", 131072)], name="exo-a")
+    async with httpx.AsyncClient(base_url=sim.url) as http:
+        node = (await http.get("/node_id")).json()
+        assert isinstance(node, str)
+        assert node.startswith("12D3KooW")
+        assert (await http.get("/node_id")).json() == node  # stable
+        assert node == node_id("exo-a") != node_id("exo-b")  # one per node name
+        state = (await http.get("/state")).json()
+        assert {"instances", "runners", "topology", "lastEventAppliedIdx"} <= set(state)
+        (instance,) = state["instances"].values()
+        assignments = instance["MlxRingInstance"]["shardAssignments"]
+        assert assignments["modelId"] == "llama-3.2-1b"
+        assert node in assignments["nodeToRunner"]
+        assert state["topology"]["nodes"] == [node]
+        (entry,) = (await http.get("/v1/models")).json()["data"]
+        assert (entry["id"], entry["owned_by"], entry["context_length"]) == (
+            "llama-3.2-1b", "exo", 131072,
+        )  # fmt: skip
+        assert {"hugging_face_id", "storage_size_megabytes", "tags", "tasks"} <= set(entry)
+        root = await http.get("/")
+        assert root.headers["content-type"].startswith("text/html")
+        assert root.headers["server"] == "hypercorn-h11"
+        assert (await http.get("/readyz")).status_code == 404
+
+
+async def test_localai_endpoints(nursery: trio.Nursery) -> None:
+    sim = await start(nursery, Flavor.LOCALAI)
+    async with httpx.AsyncClient(base_url=sim.url) as http:
+        for path in ("/readyz", "/healthz"):
+            answer = await http.get(path)
+            assert (answer.status_code, answer.text) == (200, "OK")
+        assert (await http.get("/version")).json() == {"version": "v3.6.0"}
+        listing = (await http.get("/v1/models")).json()
+        assert listing == {"object": "list", "data": [{"id": "llama3:8b", "object": "model"}]}
+        assert (await http.get("/models")).json() == listing
+        assert (await http.get("/props")).status_code == 404

@@ -17,6 +17,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from nexus_trio import __version__
+from nexus_trio.api.admin import make_admin_blueprint
 from nexus_trio.api.chat import ASGIDownstream, handle_chat
 from nexus_trio.api.models import model_entries, model_entry
 from nexus_trio.errors import ModelNotFound, NexusError, error_body
@@ -48,6 +49,7 @@ def make_quart_app(gateway: Gateway) -> QuartTrio:
     """Every route but chat completions."""
     app = QuartTrio("nexus_trio")
     app.config["MAX_CONTENT_LENGTH"] = gateway.settings.server.max_body_bytes
+    app.register_blueprint(make_admin_blueprint(gateway))
     registry = gateway.registry
     routing = gateway.settings.routing
 

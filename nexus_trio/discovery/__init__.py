@@ -1,33 +1,52 @@
 """Finding backends nobody configured: mDNS browsing and local port probing.
 
-The supervisor gives discovery its slot in the root nursery now; the sources
-that fill it (zeroconf browsing, probing well-known local ports) hand what
-they find to the registry through a trio channel.
+No major inference server announces itself over mDNS today, so zero
+configuration takes both: browsing (``_ollama._tcp``, ``_llm._tcp``, or what
+``discovery.service_types`` says; servers announced with ``nexus advertise``)
+and probing this host's well-known ports. Both only report what they see
+(`Found`); `nexus_trio.fleet.Fleet` merges the reports into the registry.
 """
 
 from __future__ import annotations
 
 import logging
 
+import httpx
 import trio
 
 from nexus_trio.config import DiscoverySettings
-from nexus_trio.registry import Backend
+from nexus_trio.discovery.found import Found
+from nexus_trio.discovery.mdns import run_mdns_browser
+from nexus_trio.discovery.probe import run_local_probe
 
-__all__ = ["run_discovery"]
+__all__ = ["Found", "run_discovery"]
 
 log = logging.getLogger("nexus.discovery")
 
 
 async def run_discovery(
     settings: DiscoverySettings,
-    found: trio.MemorySendChannel[Backend],
+    client: httpx.AsyncClient,
+    found: trio.MemorySendChannel[Found],
     *,
+    own_port: int | None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run every enabled discovery source until cancelled, sending finds to ``found``."""
-    async with found:
+    """Run every enabled source until cancelled, each reporting to ``found``.
+
+    Reports started once mDNS is browsing and the first probe round is done,
+    so servers already running are known when the HTTP server opens.
+    """
+    async with found, trio.open_nursery() as nursery:
+        if settings.enabled:
+            where = ", ".join(settings.interfaces) or "all interfaces"
+            log.info("discovery: browsing %s on %s", " ".join(settings.service_types), where)
+            await nursery.start(run_mdns_browser, settings, found)
+            if settings.probe_local:
+                await nursery.start(
+                    lambda task_status: run_local_probe(
+                        settings, client, found, own_port=own_port,
+                        task_status=task_status,
+                    )
+                )  # fmt: skip
         task_status.started()
-        if not settings.enabled:
-            return
-        log.debug("no discovery source is available in this build; using configured backends")

@@ -1,9 +1,9 @@
 """Simulated LLM servers that speak the real wire protocols, with fault injection.
 
-They stand in for Ollama, vLLM, llama.cpp and generic OpenAI-compatible servers
-in the tests, in ``nexus serve --demo`` and in the benchmarks. Each is a small
-HTTP/1.1 server on trio sockets (h11), so faults are exact: a stream cut after K
-chunks, a stall, a broken event, a refused connection.
+They stand in for Ollama, vLLM, llama.cpp, LM Studio, exo, LocalAI and generic
+OpenAI-compatible servers in the tests, in ``nexus serve --demo`` and in the
+benchmarks. Each is a small HTTP/1.1 server on trio sockets (h11), so faults are
+exact: a stream cut after K chunks, a stall, a broken event, a refused connection.
 
 Example::
 

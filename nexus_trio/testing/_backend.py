@@ -25,6 +25,9 @@ _SERVER_HEADERS: Mapping[Flavor, tuple[tuple[str, str], ...]] = {
     Flavor.VLLM: (("server", "uvicorn"),),
     Flavor.LLAMACPP: (("server", "llama.cpp"),),
     Flavor.GENERIC: (),
+    Flavor.LMSTUDIO: (),
+    Flavor.EXO: (("server", "hypercorn-h11"),),
+    Flavor.LOCALAI: (),
 }
 
 
@@ -258,6 +261,15 @@ class SimulatedBackend:
             await responder.send_json(401, payload)
             return
         methods = ROUTES[self.flavor].get(request.path)
+        known = methods is not None and (
+            request.method in methods or (request.method == "HEAD" and "GET" in methods)
+        )
+        if self.flavor is Flavor.LMSTUDIO and not known:
+            # LM Studio answers a path or method it does not serve with 200 and an error
+            # body, so that a client which trusts the status reads it as a success.
+            message = f"Unexpected endpoint or method. ({request.method} {request.path})"
+            await responder.send_json(200, {"error": message})
+            return
         if methods is None:
             message = f"Not found: {request.path} is not served by {self.flavor.value}."
             payload = error_payload(Flavor.GENERIC, 404, message, code="not_found")

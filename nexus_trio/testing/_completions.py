@@ -33,6 +33,10 @@ FINGERPRINTS: Final[Mapping[Flavor, str | None]] = {
     Flavor.VLLM: None,
     Flavor.LLAMACPP: "b6795-5cca2542",
     Flavor.GENERIC: "fp_simulated",
+    # LM Studio, exo and LocalAI send no system_fingerprint (null, as vLLM)
+    Flavor.LMSTUDIO: None,
+    Flavor.EXO: None,
+    Flavor.LOCALAI: None,
 }
 _SENTINEL: Final = "\x00piece\x00"
 

@@ -6,6 +6,7 @@
   ``/metrics`` (as if started with ``--metrics``).
 - Ollama: see ``_ollama``; its ``/v1/models`` entries are ``owned_by`` the namespace.
 - generic: ``/v1/models`` and ``/v1/chat/completions`` only.
+- LM Studio, exo, LocalAI: see ``_native``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
-from . import _ollama
+from . import _native, _ollama
 from ._catalog import CREATED, card
 from ._chat import handle_chat
 from ._completions import FINGERPRINTS
@@ -248,6 +249,29 @@ ROUTES: Final[Mapping[Flavor, Mapping[str, Mapping[str, Route]]]] = {
     },
     Flavor.GENERIC: {
         "/v1/models": {"GET": generic_models},
+        "/v1/chat/completions": _CHAT,
+    },
+    Flavor.LMSTUDIO: {
+        "/api/v0/models": {"GET": _native.lmstudio_api_models},
+        "/v1/models": {"GET": _native.lmstudio_models},
+        "/v1/chat/completions": _CHAT,
+        "/api/v0/chat/completions": _CHAT,
+    },
+    Flavor.EXO: {
+        "/": {"GET": _native.exo_dashboard},
+        "/node_id": {"GET": _native.exo_node_id},
+        "/state": {"GET": _native.exo_state},
+        "/models": {"GET": _native.exo_models},
+        "/v1/models": {"GET": _native.exo_models},
+        "/v1/chat/completions": _CHAT,
+    },
+    Flavor.LOCALAI: {
+        "/readyz": {"GET": _native.localai_ok},
+        "/healthz": {"GET": _native.localai_ok},
+        "/version": {"GET": _native.localai_version},
+        "/models": {"GET": _native.localai_models},
+        "/v1/models": {"GET": _native.localai_models},
+        "/chat/completions": _CHAT,
         "/v1/chat/completions": _CHAT,
     },
 }

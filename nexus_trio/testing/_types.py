@@ -19,6 +19,9 @@ class Flavor(StrEnum):
     VLLM = "vllm"
     LLAMACPP = "llamacpp"
     GENERIC = "generic"
+    LMSTUDIO = "lmstudio"
+    EXO = "exo"
+    LOCALAI = "localai"
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,167 @@
+"""``/admin/``: see and change the fleet of a running Nexus.
+
+Who may call it: clients on loopback, unless ``server.admin_token`` (or
+``NEXUS_ADMIN_TOKEN``) is set — then anyone with ``Authorization: Bearer
+<token>``, and nobody without. The client address is the TCP peer's;
+forwarding headers such as ``X-Forwarded-For`` are never trusted here.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+from quart import Blueprint, Response, jsonify, request
+
+from nexus_trio.api.models import model_entries
+from nexus_trio.config import BackendType
+from nexus_trio.discovery.found import Found
+from nexus_trio.errors import BackendError, NexusError, RequestError
+from nexus_trio.gateway import Gateway
+from nexus_trio.registry import Backend
+
+__all__ = ["backend_view", "make_admin_blueprint"]
+
+
+class Forbidden(NexusError):
+    status = 403
+    type = "permission_error"
+    code = "admin_forbidden"
+
+
+class UnreachableBackend(NexusError):
+    status = 422
+    type = "invalid_request_error"
+    code = "backend_unreachable"
+
+
+class UnknownBackend(RequestError):
+    status = 404
+    code = "backend_not_found"
+
+
+def backend_view(backend: Backend) -> dict[str, Any]:
+    """One backend as the admin API and the CLI show it."""
+    checked = backend.last_checked
+    return {
+        "name": backend.name,
+        "url": backend.url,
+        "type": backend.type.value,
+        "sources": sorted(backend.sources),
+        "status": backend.health.value,
+        "detail": backend.health_detail or None,
+        "priority": backend.priority,
+        "models": sorted(backend.models),
+        "warm_models": sorted(backend.warm_models) if backend.warm_models is not None else None,
+        "in_flight": backend.in_flight,
+        "max_concurrency": backend.max_concurrency,
+        "latency_ms": None
+        if backend.ttft_ewma_seconds is None
+        else round(backend.ttft_ewma_seconds * 1000, 1),
+        "last_checked": None
+        if checked is None
+        else datetime.fromtimestamp(checked, UTC).isoformat(timespec="seconds"),
+    }
+
+
+def _is_loopback(address: str | None) -> bool:
+    try:
+        return address is not None and ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
+def make_admin_blueprint(gateway: Gateway) -> Blueprint:
+    admin = Blueprint("admin", __name__, url_prefix="/admin")
+    token = gateway.settings.server.admin_token
+
+    @admin.before_request
+    async def authorize() -> None:
+        if token is not None:
+            sent = request.headers.get("authorization", "")
+            if not hmac.compare_digest(sent.encode(), f"Bearer {token}".encode()):
+                raise Forbidden("The admin API needs 'Authorization: Bearer <admin token>'.")
+            return
+        peer = (request.scope.get("client") or (None,))[0]
+        if not _is_loopback(peer):
+            raise Forbidden(
+                "The admin API answers loopback clients only; set server.admin_token "
+                "(NEXUS_ADMIN_TOKEN) to reach it from elsewhere."
+            )
+
+    @admin.get("/backends")
+    async def list_backends() -> Response:
+        return jsonify({"backends": [backend_view(b) for b in gateway.registry]})
+
+    @admin.post("/backends")
+    async def add_backend() -> tuple[Response, int]:
+        body = await request.get_json(force=True, silent=True)
+        if not isinstance(body, dict) or not isinstance(body.get("url"), str):
+            raise RequestError(
+                "Send a JSON object with 'url' (and optionally 'name', 'type', 'priority').",
+                param="url",
+            )
+        url = body["url"].strip()
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise RequestError(
+                f"'url' must start with http:// or https://, got {url!r:.80}.", param="url"
+            )
+        kind = body.get("type")
+        if kind is not None:
+            try:
+                kind = BackendType(str(kind).lower())
+            except ValueError:
+                allowed = ", ".join(t.value for t in BackendType)
+                raise RequestError(f"'type' must be one of {allowed}.", param="type") from None
+        name = body.get("name")
+        if name is not None and (
+            not isinstance(name, str) or not name.strip() or any(c.isspace() for c in name)
+        ):
+            raise RequestError("'name' must be a non-empty name without spaces.", param="name")
+        priority = body.get("priority")
+        if priority is not None and (
+            not isinstance(priority, int) or isinstance(priority, bool) or priority < 0
+        ):
+            raise RequestError("'priority' must be an integer ≥ 0.", param="priority")
+        assert gateway.fleet is not None
+        try:
+            backend = await gateway.fleet.admit(
+                Found("admin", url, kind, name=name), priority=priority
+            )
+        except BackendError as exc:
+            raise UnreachableBackend(f"{url} did not pass its first check: {exc.reason}.") from exc
+        return jsonify({"backend": backend_view(backend)}), 201
+
+    @admin.delete("/backends/<path:name>")
+    async def remove_backend(name: str) -> Response:
+        if name not in gateway.registry:
+            raise UnknownBackend(
+                f"No backend is named {name!r}; GET /admin/backends lists them.", param="name"
+            )
+        assert gateway.fleet is not None
+        await gateway.fleet.remove(name)
+        return jsonify({"removed": name})
+
+    @admin.get("/models")
+    async def list_models() -> Response:
+        routing = gateway.settings.routing
+        entries = model_entries(
+            gateway.registry.backends, {}, routing.resolve_alias, int(gateway.started_at)
+        )
+        return jsonify(
+            {
+                "models": [
+                    {
+                        k: e[k]
+                        for k in ("id", "backends", "available", "context_length", "capabilities")
+                    }
+                    for e in entries
+                ]
+            }
+        )
+
+    return admin
