@@ -87,9 +87,11 @@ async def _watch(
         with trio.move_on_after(wait):
             await backend.recovery_wanted.wait()
             backend.recovery_wanted = trio.Event()
+            # Demoted just now: start the half-open schedule from its first step.
+            recovery_delay = FIRST_RECOVERY_DELAY_SECONDS
             if backend.health is Health.UNKNOWN:  # revived: check it now
                 await probe_backend(registry, client, backend, settings, cache)
-            continue  # demoted just now: start the half-open schedule from its first step
+            continue
         await probe_backend(registry, client, backend, settings, cache)
 
 

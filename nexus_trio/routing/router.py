@@ -61,11 +61,17 @@ def _incapability(backend: Backend, model: str, needs: Requirements) -> str | No
 
 
 def rank(
-    backends: Sequence[Backend], strategy: Strategy, *, turn: int, rng: random.Random | None = None
+    backends: Sequence[Backend],
+    strategy: Strategy,
+    *,
+    turn: int,
+    rng: random.Random | None = None,
+    model: str | None = None,
 ) -> list[tuple[Backend, str]]:
     """Order eligible backends by the strategy; equal ones rotate with ``turn``.
 
-    Returns (backend, reason) pairs, best first.
+    Returns (backend, reason) pairs, best first. ``model`` lets `smart` prefer
+    backends that have it loaded already.
     """
     n = len(backends)
     if n == 0:
@@ -89,19 +95,22 @@ def rank(
         ranked = sorted(order, key=lambda i: (backends[i].load, rotation(i)))
         return [(backends[i], f"least_busy:load={backends[i].load:.2f}") for i in ranked]
 
-    # smart: the priority tier first, then load relative to capacity, then how
-    # fast the backend has been starting its answers. A backend without a TTFT
-    # sample yet ranks as the best of its peers, so it gets one.
-    def smart_key(i: int) -> tuple[int, float, float, int]:
+    # smart: the priority tier first; within it a backend with the model loaded
+    # (no load time), then load relative to capacity, then how fast the backend
+    # has been starting its answers. A backend without a TTFT sample yet ranks
+    # as the best of its peers, so it gets one.
+    def smart_key(i: int) -> tuple[int, bool, float, float, int]:
         b = backends[i]
-        return (b.priority, b.load, b.ttft_ewma_seconds or 0.0, rotation(i))
+        cold = model is not None and not b.is_warm(model)
+        return (b.priority, cold, b.load, b.ttft_ewma_seconds or 0.0, rotation(i))
 
     ranked = sorted(order, key=smart_key)
     out = []
     for i in ranked:
         b = backends[i]
         ttft = f"{b.ttft_ewma_seconds * 1000:.0f}ms" if b.ttft_ewma_seconds is not None else "n/a"
-        out.append((b, f"smart:priority={b.priority},load={b.load:.2f},ttft={ttft}"))
+        warmth = ",cold" if model is not None and not b.is_warm(model) else ""
+        out.append((b, f"smart:priority={b.priority}{warmth},load={b.load:.2f},ttft={ttft}"))
     return out
 
 
@@ -189,7 +198,7 @@ def plan_route(
             first_error = first_error or _why_none(name, serving, needs)
             continue
         fallback_from = needs.model if position else None
-        for backend, reason in rank(eligible, routing.strategy, turn=turn, rng=rng):
+        for backend, reason in rank(eligible, routing.strategy, turn=turn, rng=rng, model=name):
             if fallback_from:
                 reason = f"fallback:{model}->{name};{reason}"
             elif name != needs.model:

@@ -1,0 +1,73 @@
+"""Each health cycle refreshes what backends can do and what they have loaded."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+
+from helpers import sim
+from nexus_trio.registry import RegistryEvent
+from nexus_trio.testing import Flavor, SimModel
+
+IMAGE: dict[str, Any] = {
+    "model": "llava:7b",
+    "messages": [
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "What is in the picture?"},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
+            ],
+        }
+    ],
+}
+FAST_CHECKS = {"interval_seconds": 0.2}
+
+
+async def models_changed(events: trio.MemoryReceiveChannel[RegistryEvent], backend: str) -> None:
+    with trio.fail_after(10):
+        async for event in events:
+            if event.kind == "models" and event.backend == backend:
+                return
+
+
+async def test_a_model_that_gains_vision_is_routable_for_images_next_cycle(
+    start_nexus: Any,
+) -> None:
+    server = sim("box", Flavor.OLLAMA, "llava:7b")
+    server.set_models([SimModel("llava:7b", vision=False)])
+    nexus = await start_nexus([server], health_check=FAST_CHECKS)
+    refused = await nexus.http.post("/v1/chat/completions", json=IMAGE)
+    assert refused.status_code == 400
+    assert refused.json()["error"]["code"] == "model_not_capable"
+
+    events = nexus.gateway.registry.subscribe()
+    server.set_models([SimModel("llava:7b", vision=True)])
+    await models_changed(events, "box")
+    served = await nexus.http.post("/v1/chat/completions", json=IMAGE)
+    assert served.status_code == 200
+    assert served.headers["x-nexus-backend"] == "box"
+
+
+async def test_a_model_added_on_the_backend_appears_in_the_listing(start_nexus: Any) -> None:
+    server = sim("box", Flavor.VLLM, "llama3:8b")
+    nexus = await start_nexus([server], health_check=FAST_CHECKS)
+    events = nexus.gateway.registry.subscribe()
+    server.set_models([SimModel("llama3:8b"), SimModel("phi3:mini")])
+    await models_changed(events, "box")
+    listed = {m["id"] for m in (await nexus.http.get("/v1/models")).json()["data"]}
+    assert listed == {"llama3:8b", "phi3:mini"}
+
+
+async def test_smart_routing_prefers_the_backend_with_the_model_loaded(start_nexus: Any) -> None:
+    cold, warm = sim("cold", Flavor.OLLAMA), sim("warm", Flavor.OLLAMA)
+    warm.mark_loaded("llama3:8b")
+    nexus = await start_nexus([cold, warm])
+    assert nexus.gateway.registry.get("warm").warm_models == {"llama3:8b"}
+    assert nexus.gateway.registry.get("cold").warm_models == set()
+    body = {"model": "llama3:8b", "messages": [{"role": "user", "content": "Hi"}]}
+    for _ in range(4):
+        response = await nexus.http.post("/v1/chat/completions", json=body)
+        assert response.headers["x-nexus-backend"] == "warm"
+    assert cold.stats.chat_requests == 0
