@@ -18,17 +18,17 @@ import os
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Annotated, Any, Final
+from typing import TYPE_CHECKING, Annotated, Any, Final
 
 import click.shell_completion
-import trio
 import typer
 
 from nexus_trio import __version__, cli_client, cli_config
 from nexus_trio.config import DEFAULT_CONFIG_FILE, BackendType, LogFormat, load_settings
 from nexus_trio.errors import ConfigError
-from nexus_trio.gateway import Gateway
-from nexus_trio.registry import Health
+
+if TYPE_CHECKING:
+    from nexus_trio.gateway import Gateway
 
 __all__ = ["COMPLETE_VAR", "app", "main"]
 
@@ -105,6 +105,9 @@ def serve(
     except ConfigError as exc:
         _fail(exc.message)
         return
+
+    # Imported here so that the client commands start without loading the server.
+    import trio
 
     from nexus_trio.logs import configure_logging
     from nexus_trio.supervisor import serve_nexus
@@ -196,7 +199,9 @@ app.add_typer(backends_app)
 @backends_app.command("list")
 def backends_list(
     json_: JsonOption = False,
-    status: Annotated[Health | None, typer.Option(help="Only the backends in this state.")] = None,
+    status: Annotated[
+        cli_client.BackendStatus | None, typer.Option(help="Only the backends in this state.")
+    ] = None,
     url: UrlOption = None,
     token: TokenOption = None,
 ) -> None:
@@ -210,9 +215,7 @@ def backends_add(
     backend_url: Annotated[
         str, typer.Argument(metavar="URL", help="Where the server answers, e.g. http://gpu:11434.")
     ],
-    name: Annotated[
-        str | None, typer.Option(help="Stable name (default: derived from the URL).")
-    ] = None,
+    name: Annotated[str | None, typer.Option(help="Stable name (default: type@host:port).")] = None,
     type_: Annotated[
         BackendType | None,
         typer.Option("--type", case_sensitive=False, help="Kind of server (default: detected)."),
@@ -361,8 +364,14 @@ def _completer(shell: str) -> click.shell_completion.ShellComplete | None:
 def completions(
     shell: Annotated[Shell, typer.Argument(help="The shell to complete in.")],
 ) -> None:
-    """Print a completion script: `source <(nexus completions bash)` in ~/.bashrc,
-    `nexus completions fish > ~/.config/fish/completions/nexus.fish`, ..."""
+    """Print a shell completion script for bash, zsh or fish.
+
+    bash: add `source <(nexus completions bash)` to ~/.bashrc
+
+    zsh: add `source <(nexus completions zsh)` to ~/.zshrc, after compinit
+
+    fish: nexus completions fish > ~/.config/fish/completions/nexus.fish
+    """
     completer = _completer(shell.value)
     assert completer is not None
     typer.echo(completer.source())

@@ -19,11 +19,13 @@ to print::
 
 from __future__ import annotations
 
+import enum
 import json
 import math
+import os
 import unicodedata
 import urllib.parse
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, TypedDict
 
@@ -38,6 +40,7 @@ __all__ = [
     "TIMEOUT_SECONDS",
     "TOKEN_ENV_VAR",
     "URL_ENV_VAR",
+    "BackendStatus",
     "BackendView",
     "ClientError",
     "HealthView",
@@ -72,6 +75,15 @@ MAX_CELL_WIDTH: Final = 48
 START_HINT: Final = (
     "start one with `nexus serve` (or `nexus serve --demo` to try a simulated fleet)"
 )
+
+
+class BackendStatus(enum.StrEnum):
+    """What the server says of a backend's health (`nexus_trio.registry.Health`, without
+    importing the server to say so)."""
+
+    HEALTHY = "healthy"
+    UNHEALTHY = "unhealthy"
+    UNKNOWN = "unknown"
 
 
 class BackendView(TypedDict, total=False):
@@ -152,7 +164,7 @@ def server_url(settings: Settings) -> str:
 
 
 def _check_url(url: str) -> str:
-    text = url.strip().rstrip("/")
+    text = url.strip()
     if "://" not in text:
         text = "http://" + text  # "localhost:8000" is what people type
     try:
@@ -164,14 +176,41 @@ def _check_url(url: str) -> str:
         raise ClientError(
             f"--url must look like http://127.0.0.1:8000, got {clean(url)!r}", exit_code=2
         )
-    return text
+    return text.rstrip("/")
+
+
+class _KeysCountAsSet(Mapping[str, str]):
+    """The environment, in which every variable outside ``NEXUS_*`` counts as set.
+
+    The client never uses the backends' API keys, and the server it talks to may well have
+    them (a service with its own environment) when this shell does not; without this, a
+    missing key would fail the load and send us to the fallback address instead.
+    """
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._environ = environ
+
+    def __getitem__(self, name: str) -> str:
+        if name in self._environ or name.startswith("NEXUS_"):
+            return self._environ[name]
+        return "set-for-the-client"
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._environ)
+
+    def __len__(self) -> int:
+        return len(self._environ)
+
+
+def _load_local_settings() -> Settings:
+    return load_settings(environ=_KeysCountAsSet(os.environ))
 
 
 def resolve_target(
     url: str | None,
     token: str | None,
     *,
-    load: Callable[[], Settings] = load_settings,
+    load: Callable[[], Settings] = _load_local_settings,
 ) -> Target:
     """The server to talk to, from the flags (typer has already applied ``NEXUS_URL`` and
     ``NEXUS_ADMIN_TOKEN``), else from the local settings (``nexus.toml``, ``NEXUS_*``).
@@ -215,7 +254,7 @@ def _error_message(response: httpx.Response, target: Target) -> str:
         message = body["error"].get("message")
     if not isinstance(message, str) or not message.strip():
         message = f"HTTP {response.status_code} {response.reason_phrase}".strip()
-    text = " ".join(clean(message).split())  # one line, whatever the server sent
+    text = _one_line(message)
     if response.status_code in (401, 403) and not target.token:
         text += f" (pass --token or set {TOKEN_ENV_VAR})"
     return text
@@ -249,14 +288,14 @@ def call(
         raise _no_server(target, f"no answer within {CONNECT_TIMEOUT_SECONDS:g} s") from None
     except httpx.ConnectError as exc:
         reason = str(exc).split("] ", 1)[-1] or "cannot connect"  # drop "[Errno 111] "
-        raise _no_server(target, " ".join(clean(reason).split()).lower()) from None
+        raise _no_server(target, _one_line(reason).lower()) from None
     except httpx.TimeoutException:
         raise ClientError(
             f"Nexus at {target.url} did not answer within {TIMEOUT_SECONDS:g} s; is it "
             f"running? If not, {START_HINT}"
         ) from None
     except httpx.HTTPError as exc:  # something answered, but not HTTP as we know it
-        detail = " ".join(clean(str(exc) or type(exc).__name__).split())
+        detail = _one_line(str(exc) or type(exc).__name__)
         raise ClientError(
             f"cannot talk to Nexus at {target.url} ({detail}); is that a Nexus server? "
             f"If not, {START_HINT}"
@@ -331,7 +370,7 @@ def add_backend(
         raise ClientError(f"{target.url}/admin/backends answered without the added backend")
     if as_json:
         return render_json(answer)
-    return render_backend(backend, verb="Added")
+    return render_backend(backend, verb="Added backend")
 
 
 def remove_backend(target: Target, name: str, *, as_json: bool = False) -> str:
@@ -356,7 +395,7 @@ def list_models(target: Target, *, backend: str | None = None, as_json: bool = F
     path = "/admin/models"
     models = _items(call(target, "GET", path), "models", target, path)
     if backend is not None:
-        models = [m for m in models if backend in _strings(m.get("backends"))]
+        models = [m for m in models if backend in _list(m.get("backends"))]
     if as_json:
         return render_json({"models": models})
     if not models and backend is not None:
@@ -408,6 +447,11 @@ def clean(value: object) -> str:
         else:
             out.append(char)
     return "".join(out)
+
+
+def _one_line(text: str) -> str:
+    """`text` on one line (whitespace runs, newlines included, become one space), cleaned."""
+    return clean(" ".join(text.split()))
 
 
 def display_width(text: str) -> int:
@@ -473,8 +517,12 @@ def render_json(body: object) -> str:
     return json.dumps(body, indent=2, sort_keys=True, ensure_ascii=True)
 
 
+def _list(value: object) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
 def _strings(value: object) -> list[str]:
-    return [clean(v) for v in value] if isinstance(value, list) else []
+    return [clean(v) for v in _list(value)]
 
 
 def _int(value: object) -> int | None:
@@ -508,7 +556,7 @@ def _busy(in_flight: object, limit: object) -> str:
 def _details(rows: Sequence[tuple[object, object]]) -> str:
     """Why backends are in the state they are in, under a table, one line each."""
     lines = [
-        f"  {_fit(clean(name), MAX_CELL_WIDTH)}: {' '.join(clean(detail).split())}"
+        f"  {_fit(clean(name), MAX_CELL_WIDTH)}: {_one_line(detail)}"
         for name, detail in rows
         if isinstance(detail, str) and detail.strip()
     ]
@@ -556,7 +604,7 @@ def render_backend(backend: Mapping[str, Any], *, verb: str = "Backend") -> str:
     ]
     detail = backend.get("detail")
     if isinstance(detail, str) and detail.strip():
-        lines.insert(2, f"  detail:   {' '.join(clean(detail).split())}")
+        lines.insert(2, f"  detail:   {_one_line(detail)}")
     return "\n".join(lines)
 
 
@@ -622,7 +670,7 @@ def render_health(health: Mapping[str, Any]) -> str:
             name,
             b.get("status"),
             b.get("type"),
-            b.get("source"),
+            ",".join(_strings(b.get("sources"))) or b.get("source"),
             _int(b.get("models")),
             _int(b.get("in_flight")),
         ]

@@ -28,6 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import trio
@@ -130,6 +131,9 @@ class Fleet:
         self._locks: dict[tuple[str, int], trio.Lock] = {}
         self._forget: dict[str, trio.CancelScope] = {}
         self._nursery: trio.Nursery | None = None
+        self._mdns_on_loopback = all(
+            _is_loopback_address(a) for a in settings.discovery.interfaces or ["0.0.0.0"]
+        )
 
     # -- the task ---------------------------------------------------------------------
 
@@ -203,17 +207,19 @@ class Fleet:
         """
         url = api_root(found.url)
         endpoint = await resolve_endpoint(url)
+        if found.source == "mdns" and endpoint[0] == "loopback" and not self._mdns_on_loopback:
+            # mDNS is unauthenticated: from the network, "127.0.0.1" would point Nexus
+            # at this machine's own services.
+            raise NotAServer(f"ignoring an mDNS announcement of a loopback address ({url})")
         lock = self._locks.setdefault(endpoint, trio.Lock())
         async with lock:  # two sources reporting one server at once add it once
             existing = self.find(endpoint)
             if existing is not None:
-                if found.source == "admin" and "admin" in existing.sources:
+                if found.source == "admin" and persist:
                     raise AlreadyRegistered(
                         f"{url} is already registered as {existing.name!r}.", param="url"
                     )
                 self._join(existing, found)
-                if found.source == "admin" and persist:
-                    await self._persist()
                 return existing
             backend = await self._new_backend(found, url, priority)
             self._endpoints[backend.name] = endpoint
@@ -242,8 +248,7 @@ class Fleet:
             if detected is None:
                 raise NotAServer(f"No LLM server answers at {url}.")
             kind = detected.type
-        host, port = endpoint_of(url)
-        name = self._unique_name(found.name or f"{kind.value}@{host}:{port}", found.source)
+        name = self._unique_name(found.name or address_name(kind, url), found.source)
         backend = Backend(
             name=name,
             url=url,
@@ -319,6 +324,14 @@ class Fleet:
             log.warning("cannot write the state file %s: %s", self.state.path, exc)
 
 
+def address_name(kind: BackendType, url: str) -> str:
+    """``type@host:port``: the stable name of a server no source has named."""
+    parts = urlsplit(url)
+    host = parts.hostname or "unknown"
+    host = f"[{host}]" if ":" in host else host
+    return f"{kind.value}@{host}:{endpoint_of(url)[1]}"
+
+
 async def resolve_endpoint(url: str) -> tuple[str, int]:
     """`endpoint_of`, with a host name resolved to its address (bounded, best effort)."""
     host, port = endpoint_of(url)
@@ -337,6 +350,13 @@ async def resolve_endpoint(url: str) -> tuple[str, int]:
         if infos:
             return endpoint_of(f"http://{_bracket(str(infos[0][4][0]))}:{port}")
     return host, port
+
+
+def _is_loopback_address(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
 
 
 def _bracket(address: str) -> str:

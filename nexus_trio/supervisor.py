@@ -116,6 +116,10 @@ async def serve_nexus(
         gateway = await nursery.start(serve_nexus, load_settings(overrides={"server.port": 0}))
     """
     environ = os.environ if environ is None else environ
+    if settings.demo and not settings.discovery.interfaces:
+        # The demo fleet announces itself on loopback and Nexus listens there too, so
+        # the demo never sends multicast off the machine (unless told to).
+        settings = replace(settings, discovery=replace(settings.discovery, interfaces=LOOPBACK))
     stop = trio.Event() if stop is None else stop
     backends = [Backend.from_settings(b, environ) for b in settings.backends]
     async with (
@@ -134,15 +138,15 @@ async def serve_nexus(
             Fleet(registry, client, settings, StateFile(default_state_path(settings))).run, inbox
         )
         await root.start(run_health, registry, client, settings.health_check)
-        discovery = settings.discovery
-        if settings.demo:
-            # The demo fleet announces itself on loopback; Nexus listens there too
-            # unless told otherwise, so the demo never sends multicast off the machine.
-            discovery = replace(discovery, interfaces=discovery.interfaces or LOOPBACK)
-            await root.start(advertise, demo_announcements(fleet_sims), discovery.interfaces)
+        if fleet_sims:
+            # Not awaited: zeroconf first checks for ~1.5 s that the names are free, and
+            # the demo's own backends are registered directly anyway.
+            root.start_soon(
+                advertise, demo_announcements(fleet_sims), settings.discovery.interfaces
+            )
         await root.start(
             lambda task_status: run_discovery(
-                discovery, client, found, own_port=settings.server.port or None,
+                settings.discovery, client, found, own_port=settings.server.port or None,
                 task_status=task_status,
             )
         )  # fmt: skip

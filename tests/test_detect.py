@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httpx
 import pytest
@@ -302,10 +302,8 @@ async def test_closed_port_is_none_fast(client: httpx.AsyncClient) -> None:
     listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
     port = listener.socket.getsockname()[1]
     await listener.aclose()  # nothing listens there now
-    began = trio.current_time()
-    with trio.fail_after(2):
-        assert await fingerprint(client, f"http://127.0.0.1:{port}", timeout_seconds=1.5) is None
-    assert trio.current_time() - began < 0.5
+    with trio.fail_after(2):  # refused at once, long before the deadline
+        assert await fingerprint(client, f"http://127.0.0.1:{port}", timeout_seconds=30) is None
 
 
 async def test_silent_server_is_none_within_the_timeout(
@@ -320,4 +318,42 @@ async def test_silent_server_is_none_within_the_timeout(
     began = trio.current_time()
     with trio.fail_after(2):
         assert await fingerprint(client, f"http://127.0.0.1:{port}", timeout_seconds=0.2) is None
-    assert 0.2 <= trio.current_time() - began < 1.0
+    assert trio.current_time() - began >= 0.2
+
+
+def only_models(other_paths: str) -> Callable[[trio.SocketStream], Awaitable[None]]:
+    """A raw server answering GET /v1/models with a list; other paths ``hang`` or ``reset``."""
+
+    async def serve(stream: trio.SocketStream) -> None:
+        async with stream:
+            request = await stream.receive_some(65536)
+            if request.split(b" ")[1] != b"/v1/models":
+                if other_paths == "hang":
+                    await trio.sleep_forever()
+                return  # closed without an answer
+            body = b'{"object":"list","data":[{"id":"m","object":"model"}]}'
+            head = f"HTTP/1.1 200 OK\r\ncontent-length: {len(body)}\r\nconnection: close\r\n\r\n"
+            await stream.send_all(head.encode() + body)
+
+    return serve
+
+
+async def test_paths_unanswered_at_the_deadline_are_left_out(
+    nursery: trio.Nursery, client: httpx.AsyncClient
+) -> None:
+    listeners = await nursery.start(trio.serve_tcp, only_models("hang"), 0)
+    url = f"http://127.0.0.1:{listeners[0].socket.getsockname()[1]}"
+    with trio.fail_after(2):
+        found = await fingerprint(client, url, timeout_seconds=0.2)
+    assert found == Fingerprint(BackendType.GENERIC, None, url)
+
+
+async def test_a_server_breaking_connections_is_none(
+    nursery: trio.Nursery, client: httpx.AsyncClient
+) -> None:
+    # what answered is not trusted when the rest broke: a vLLM stopping mid-probe
+    # would otherwise pass for a generic server for want of its /version
+    listeners = await nursery.start(trio.serve_tcp, only_models("reset"), 0)
+    url = f"http://127.0.0.1:{listeners[0].socket.getsockname()[1]}"
+    with trio.fail_after(2):
+        assert await fingerprint(client, url, timeout_seconds=1) is None

@@ -68,7 +68,7 @@ async def test_unnamed_discoveries_are_named_by_type_and_address(start_nexus: An
     async with trio.open_nursery() as nursery:
         await nursery.start(server.serve)
         backend = await nexus.gateway.fleet.admit(Found("probe", server.url))
-        assert backend.name == f"vllm@loopback:{server.port}"
+        assert backend.name == f"vllm@127.0.0.1:{server.port}"
         nursery.cancel_scope.cancel()
 
 

@@ -14,6 +14,7 @@ import textwrap
 import time
 import urllib.parse
 import uuid
+from collections.abc import Mapping
 
 import pytest
 import trio
@@ -25,6 +26,7 @@ from nexus_trio.discovery.found import Found
 from nexus_trio.discovery.mdns import (
     LLM_SERVICE_TYPE,
     OLLAMA_SERVICE_TYPE,
+    _Event,
     _Handoff,
     _Ledger,
     found_from_service,
@@ -38,7 +40,7 @@ NAME = "gpu-box." + LLM
 
 
 def found(
-    properties: dict[bytes, bytes | None] | None = None,
+    properties: Mapping[bytes, bytes | None] | None = None,
     *,
     service_type: str = LLM,
     name: str = NAME,
@@ -69,6 +71,8 @@ def unique_name() -> str:
         (b"//llm//v1//", "http://10.0.0.7:8000/llm"),
         (b"/a b?x#y", "http://10.0.0.7:8000/a%20b%3Fx%23y"),  # cannot smuggle a query in
         (b"@evil.example/v1", "http://10.0.0.7:8000/@evil.example"),  # host stays ours
+        (b"/my%20llm/v1", "http://10.0.0.7:8000/my%20llm"),
+        (b"/%zz", "http://10.0.0.7:8000/%25zz"),  # a broken escape is escaped
     ],
 )
 def test_api_path_is_joined_without_doubling_v1(api_path: bytes | None, url: str) -> None:
@@ -168,7 +172,7 @@ def test_hostile_txt_never_raises(properties: dict[bytes, bytes | None]) -> None
 
 def test_hostile_mapping_never_raises() -> None:
     class Broken(dict[bytes, bytes | None]):
-        def items(self):  # type: ignore[no-untyped-def, override]
+        def items(self):  # type: ignore[no-untyped-def]
             raise RuntimeError("boom")
 
     weird: dict[object, object] = {1: 2, b"type": 3, "version": "str-ok"}
@@ -176,6 +180,9 @@ def test_hostile_mapping_never_raises() -> None:
     assert found(weird) is not None  # type: ignore[arg-type]
     assert found(addresses=(None, 7, "10.0.0.7")) is not None  # type: ignore[arg-type]
     assert found(port=True) is None
+    nameless = found(name="\x00\x01." + LLM)
+    assert nameless is not None
+    assert nameless.name is None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -192,6 +199,7 @@ def test_hostile_mapping_never_raises() -> None:
         ("http://[2001:db8::7]:1234", BackendType.LMSTUDIO, "http://[2001:db8::7]:1234"),
         ("https://10.1.2.3/api", BackendType.OPENAI, "https://10.1.2.3:443/api"),
         ("http://10.1.2.3", BackendType.GENERIC, "http://10.1.2.3:80"),
+        ("http://10.1.2.3:5/my%20llm/v1", None, "http://10.1.2.3:5/my%20llm"),
     ],
 )
 def test_service_info_round_trips(url: str, type_: BackendType | None, expected_url: str) -> None:
@@ -260,18 +268,27 @@ def test_ledger_dedupes_orders_and_drops_stale() -> None:
     assert ledger.resolved("a", g2, a) == []  # same as last time: nothing
     g3 = ledger.begin("a")
     g4 = ledger.begin("a")
-    assert ledger.resolved("a", g3, moved) == []  # superseded by g4
     assert ledger.resolved("a", g4, moved) == [Found("mdns", a.url, name="a", gone=True), moved]
+    assert ledger.resolved("a", g3, a) == []  # finished late: older than what was used
     g5 = ledger.begin("a")
     assert ledger.removed("a") == [Found("mdns", moved.url, name="a", gone=True)]
-    assert ledger.resolved("a", g5, a) == []  # a resolution that started before the goodbye
+    assert ledger.resolved("a", g5, a) == []  # began before the goodbye: cannot revive it
     assert ledger.removed("a") == []
     assert ledger.removed("never-seen") == []
+    g6 = ledger.begin("a")
+    assert ledger.resolved("a", g6, a) == [a]  # announced again
+
+
+def test_ledger_reports_a_service_that_changes_faster_than_it_resolves() -> None:
+    ledger = _Ledger()
+    started = [ledger.begin("a") for _ in range(3)]  # three updates in flight
+    first = Found("mdns", "http://10.0.0.7:8000", name="a", version="1")
+    assert ledger.resolved("a", started[0], first) == [first]
 
 
 async def test_handoff_never_raises_on_zeroconf_thread() -> None:
-    send, receive = trio.open_memory_channel[object](1)
-    handoff = _Handoff(send, trio.lowlevel.current_trio_token())  # type: ignore[arg-type]
+    send, receive = trio.open_memory_channel[_Event](1)
+    handoff = _Handoff(send, trio.lowlevel.current_trio_token())
 
     def fire() -> None:  # as zeroconf's browser thread would
         for _ in range(3):

@@ -10,7 +10,7 @@ import pytest
 import trio
 import trio.testing
 
-from nexus_trio.backends.detect import Fingerprint
+from nexus_trio.backends.detect import PROBE_PATHS, Fingerprint
 from nexus_trio.config import BackendType, DiscoverySettings
 from nexus_trio.discovery.found import Found
 from nexus_trio.discovery.probe import diff_cycles, local_url, probe_once, run_local_probe
@@ -48,6 +48,33 @@ def drain(inbox: trio.MemoryReceiveChannel[Found]) -> list[Found]:
             reports.append(inbox.receive_nowait())
         except trio.WouldBlock:
             return reports
+
+
+class RequestCounter:
+    """An httpx request hook counting the GETs sent to one port, to wait for cycles.
+
+    A cycle's reports are sent before the next cycle's first GET, so once the
+    count passes ``n * len(PROBE_PATHS)`` more, ``n`` whole cycles have been
+    reported: no sleeping on a guess of how long a cycle takes.
+    """
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.count = 0
+        self._waiters: list[tuple[int, trio.Event]] = []
+
+    async def __call__(self, request: httpx.Request) -> None:
+        if request.url.port == self.port:
+            self.count += 1
+            for target, event in self._waiters:
+                if self.count >= target:
+                    event.set()
+
+    async def wait_cycles(self, cycles: int) -> None:
+        """Return once ``cycles`` more whole cycles (and their reports) are done."""
+        event = trio.Event()
+        self._waiters.append((self.count + cycles * len(PROBE_PATHS) + 1, event))
+        await event.wait()
 
 
 # -- the cycle logic (pure) ---------------------------------------------------------------------
@@ -114,7 +141,7 @@ async def test_probe_once(nursery: trio.Nursery, client: httpx.AsyncClient) -> N
 # -- the loop -------------------------------------------------------------------------------------
 
 
-async def test_run_local_probe(nursery: trio.Nursery, client: httpx.AsyncClient) -> None:
+async def test_run_local_probe(nursery: trio.Nursery) -> None:
     ollama = await start(nursery, Flavor.OLLAMA)
     vllm = await start(nursery, Flavor.VLLM)
     ourselves = await start(nursery, Flavor.GENERIC)  # stands for Nexus on its own port
@@ -124,9 +151,11 @@ async def test_run_local_probe(nursery: trio.Nursery, client: httpx.AsyncClient)
         probe_interval_seconds=0.05,
     )
     announce, inbox = trio.open_memory_channel[Found](16)
+    cycles = RequestCounter(ollama.port)
+    client = httpx.AsyncClient(trust_env=False, event_hooks={"request": [cycles]})
 
-    with trio.fail_after(5):
-        async with trio.open_nursery() as probing:
+    with trio.fail_after(10):
+        async with client, trio.open_nursery() as probing:
             await probing.start(
                 partial(run_local_probe, settings, client, announce, own_port=ourselves.port)
             )
@@ -135,12 +164,9 @@ async def test_run_local_probe(nursery: trio.Nursery, client: httpx.AsyncClient)
                 Found("probe", ollama.url, BackendType.OLLAMA, version="0.12.6"),
                 Found("probe", vllm.url, BackendType.VLLM, version="0.11.0"),
             ]
-            assert ourselves.stats.requests == 0  # never probed
 
             # unchanged servers are not reported again, cycle after cycle
-            per_cycle = ollama.stats.requests
-            while ollama.stats.requests < 4 * per_cycle:
-                await trio.sleep(0.01)
+            await cycles.wait_cycles(3)
             assert drain(inbox) == []
 
             await vllm.refuse_connections()
@@ -152,12 +178,10 @@ async def test_run_local_probe(nursery: trio.Nursery, client: httpx.AsyncClient)
             # goodbye once, not every cycle
             await vllm.refuse_connections()
             assert await inbox.receive() == Found("probe", vllm.url, gone=True)
-            seen = ollama.stats.requests
-            while ollama.stats.requests < seen + 2 * per_cycle:
-                await trio.sleep(0.01)
+            await cycles.wait_cycles(3)
             assert drain(inbox) == []
             probing.cancel_scope.cancel()
-    assert ourselves.stats.requests == 0
+    assert ourselves.stats.requests == 0  # our own port is never probed
     announce.send_nowait(Found("probe", "http://x"))  # the caller's channel is left open
 
 
@@ -176,9 +200,7 @@ async def test_nothing_to_probe_starts_and_returns(client: httpx.AsyncClient) ->
     assert drain(inbox) == []
 
 
-async def test_stops_when_nobody_listens(
-    nursery: trio.Nursery, client: httpx.AsyncClient
-) -> None:
+async def test_stops_when_nobody_listens(nursery: trio.Nursery, client: httpx.AsyncClient) -> None:
     ollama = await start(nursery, Flavor.OLLAMA)
     announce, inbox = trio.open_memory_channel[Found](0)
     await inbox.aclose()  # the registry has gone

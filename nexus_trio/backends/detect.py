@@ -257,16 +257,25 @@ async def _get(client: httpx.AsyncClient, url: str, headers: Mapping[str, str]) 
 
 async def _collect(
     client: httpx.AsyncClient, root: str, headers: Mapping[str, str], timeout_seconds: float
-) -> dict[str, ProbeAnswer]:
+) -> dict[str, ProbeAnswer] | None:
+    """The answers by path, or None if a connection was refused, reset or garbled."""
     answers: dict[str, ProbeAnswer] = {}
+    broken = False
 
     async def ask(path: str, everything: trio.CancelScope) -> None:
+        nonlocal broken
         try:
             answers[path] = await _get(client, root + path, headers)
         except httpx.HTTPError as exc:
             log.debug("probe %s%s: %s", root, path, translate_httpx_error(root, exc))
-            if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
-                everything.cancel()  # nothing listens there: every other path fails alike
+            slow = isinstance(exc, httpx.TimeoutException)
+            if slow and not isinstance(exc, httpx.ConnectTimeout):
+                return  # this path is slow; the others may still tell
+            # Refused, reset or not HTTP: the server is gone, going, or no web server,
+            # and what other paths said meanwhile is not to be trusted (a vLLM stopping
+            # mid-probe would pass for a generic server, its /version unanswered).
+            broken = True
+            everything.cancel()
 
     # One deadline for the lot: a server that answers some paths and hangs on others
     # is classified on what it said in time; one that says nothing is no server.
@@ -274,7 +283,7 @@ async def _collect(
         async with trio.open_nursery() as nursery:
             for path in PROBE_PATHS:
                 nursery.start_soon(ask, path, nursery.cancel_scope)
-    return answers
+    return None if broken else answers
 
 
 async def fingerprint(
@@ -300,8 +309,10 @@ async def fingerprint(
 
     Returns:
         The fingerprint, or None when nothing there is an LLM server we know:
-        the port is closed, nothing answered in time, or what answered is some
-        other HTTP server. Never raises for those.
+        the port is closed, a connection broke (the server is stopping, or
+        speaks no HTTP), nothing answered in time, or what answered is some
+        other HTTP server. Never raises for those. Paths still unanswered at
+        the deadline are left out, and the rest decide.
 
     Example::
 
@@ -314,6 +325,8 @@ async def fingerprint(
     if api_key:
         headers["authorization"] = f"Bearer {api_key}"
     answers = await _collect(client, root, headers, timeout_seconds)
+    if answers is None:
+        return None
     kind = classify(answers)
     if kind is None:
         log.debug("probe %s: no LLM server (%d paths answered)", root, len(answers))

@@ -11,8 +11,8 @@ A server announces ``<instance>._llm._tcp.local.`` (or ``_ollama._tcp.local.``) 
 
 zeroconf's sync API runs its own threads (`AsyncZeroconf` needs asyncio, so it cannot run
 under trio). The browser's callbacks therefore only hand ``(kind, type, name)`` to trio through
-`trio.from_thread`; one trio task resolves each service (a blocking call, run in a worker
-thread, never on zeroconf's thread) and sends a `Found` to the registry::
+`trio.from_thread`; trio tasks resolve each service (a blocking call, run in a worker
+thread, never on zeroconf's thread) and send a `Found` to the registry::
 
     zeroconf thread ──from_thread──▶ events ──▶ consumer ──to_thread(resolve)──▶ Found ──▶ registry
 
@@ -23,6 +23,7 @@ leniently, capped in size, and never make this module raise.
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import logging
 import re
 import urllib.parse
@@ -55,6 +56,12 @@ OLLAMA_SERVICE_TYPE: Final = "_ollama._tcp.local."
 _RESOLVE_TIMEOUT_MS: Final = 3000  # a service seen in a probe resolves at its announcement
 _CLOSE_TIMEOUT_SECONDS: Final = 5.0
 _EVENT_BUFFER: Final = 256  # state changes waiting for the consumer; beyond, they are dropped
+# Ask for multicast answers (QM), not zeroconf's default of unicast (QU) for the first query:
+# where several mDNS stacks share port 5353 on one host (avahi, another Nexus, an announcer on
+# loopback), the kernel hands a unicast answer to just one of their sockets, often not ours,
+# and discovery then waits for the next query, a second later. Measured here on loopback:
+# QU 1.1–2.2 s, QM 0.07–0.17 s. The cost is one multicast answer per startup.
+_QUESTION_TYPE: Final = zeroconf.DNSQuestionType.QM
 _MAX_RESOLVING: Final = 4  # worker threads resolving at once, so a flood cannot starve to_thread
 
 # Hostile-input caps. A TXT string is at most 255 bytes on the wire (RFC 6763 §6.1), but the
@@ -62,6 +69,8 @@ _MAX_RESOLVING: Final = 4  # worker threads resolving at once, so a flood cannot
 _MAX_RAW_VALUE: Final = 1024
 _MAX_TEXT: Final = 255
 _MAX_MODELS: Final = 64
+_MAX_ADDRESSES: Final = 64
+_MAX_TXT_KEYS: Final = 256
 _PATH_SAFE: Final = "/-._~!$&'()*+,;=:@"  # RFC 3986 pchar; '%', '?', '#' and the rest get quoted
 
 
@@ -88,7 +97,7 @@ def _txt(properties: Mapping[bytes, bytes | None]) -> dict[str, str]:
     """
     out: dict[str, str] = {}
     try:
-        items = list(properties.items())[: _MAX_MODELS * 4]
+        items = list(itertools.islice(properties.items(), _MAX_TXT_KEYS))
     except Exception:  # a hostile or broken mapping: treat as empty
         return out
     for raw_key, raw_value in items:
@@ -112,8 +121,10 @@ def _root_path(api_path: str | None) -> str:
     """``api_path`` → the API root's path: no trailing ``/`` nor ``/v1`` (adapters add it)."""
     if not api_path:
         return ""
-    path = "/" + re.sub(r"/+", "/", api_path.strip()).strip("/")
-    path = urllib.parse.quote(path, safe=_PATH_SAFE)  # no '?', '#' or spaces into the URL
+    path = "/" + re.sub(r"/+", "/", urllib.parse.unquote(api_path.strip())).strip("/")
+    # Re-quoted from scratch, so nothing but a path can come of it: no '?', '#', spaces
+    # or broken escapes reach the URL, and "/a%20b" and "/a b" mean the same.
+    path = urllib.parse.quote(path, safe=_PATH_SAFE)
     if path.lower().endswith("/v1"):
         path = path[:-3]
     return path.rstrip("/")
@@ -122,7 +133,7 @@ def _root_path(api_path: str | None) -> str:
 def _host(addresses: Sequence[str]) -> str | None:
     """The best address as a URL host: IPv4 first, then routable IPv6 (bracketed)."""
     ranked: list[tuple[int, str]] = []
-    for text in addresses[:_MAX_MODELS]:
+    for text in itertools.islice(addresses, _MAX_ADDRESSES):
         if not isinstance(text, str):
             continue
         try:
@@ -140,12 +151,12 @@ def _host(addresses: Sequence[str]) -> str | None:
     return min(ranked)[1] if ranked else None
 
 
-def _instance(service_type: str, name: str) -> str:
-    """``"gpu-box._llm._tcp.local."`` → ``"gpu-box"``."""
+def _instance(service_type: str, name: str) -> str | None:
+    """``"gpu-box._llm._tcp.local."`` → ``"gpu-box"`` (None if nothing printable is left)."""
     suffix = "." + service_type.lower()
     if name.lower().endswith(suffix):
         name = name[: -len(suffix)]
-    return _text(name.rstrip(".")) or name[:_MAX_TEXT]
+    return _text(name.rstrip(".")) or None
 
 
 def found_from_service(
@@ -201,26 +212,28 @@ def found_from_service(
 class _Ledger:
     """What each service was last reported as, so that reports are neither stale nor repeated.
 
-    Every add or update starts a resolution tagged with a fresh generation; only the newest
-    generation of a name may report, so a slow resolution cannot overwrite a later removal.
+    Every add or update starts a resolution tagged with a fresh, increasing generation. A
+    result is used only if it is newer than what was last used for that name (a result or
+    a goodbye), so a slow resolution can neither undo a later one nor revive a service that
+    said goodbye; yet a service that changes faster than it resolves is still reported.
     Keys are full service names, lower-cased (DNS names are case-insensitive).
     """
 
     def __init__(self) -> None:
         self._counter = 0
-        self._generation: dict[str, int] = {}
+        self._applied: dict[str, int] = {}  # newest generation used per name (or its goodbye)
         self._last: dict[str, Found] = {}
 
     def begin(self, key: str) -> int:
-        """A resolution of `key` starts: its generation, which supersedes any in flight."""
+        """A resolution of `key` starts: its generation."""
         self._counter += 1
-        self._generation[key] = self._counter
         return self._counter
 
     def resolved(self, key: str, generation: int, found: Found) -> list[Found]:
         """The reports a finished resolution calls for (none if stale or unchanged)."""
-        if self._generation.get(key) != generation:
+        if generation <= self._applied.get(key, 0):
             return []
+        self._applied[key] = generation
         previous = self._last.get(key)
         if previous == found:
             return []  # zeroconf fires Updated on re-announcements that change nothing
@@ -231,7 +244,7 @@ class _Ledger:
 
     def removed(self, key: str) -> list[Found]:
         """The reports a goodbye calls for: a `gone` for the last known URL, if any."""
-        self._generation.pop(key, None)  # resolutions in flight are now stale
+        self._applied[key] = self._counter  # every resolution begun so far is now stale
         previous = self._last.pop(key, None)
         return [_goodbye(previous)] if previous is not None else []
 
@@ -348,7 +361,13 @@ async def _resolve(
     """Resolve one service (SRV, TXT, addresses) in a worker thread; None if it cannot be."""
     try:
         info = await trio.to_thread.run_sync(
-            partial(zc.get_service_info, event.service_type, event.name, _RESOLVE_TIMEOUT_MS),
+            partial(
+                zc.get_service_info,
+                event.service_type,
+                event.name,
+                _RESOLVE_TIMEOUT_MS,
+                question_type=_QUESTION_TYPE,
+            ),
             limiter=limiter,
             abandon_on_cancel=True,  # shutdown need not wait for a 3 s lookup
         )
@@ -426,7 +445,9 @@ async def run_mdns_browser(
         task_status.started()
         await trio.sleep_forever()
     async with open_zeroconf(settings.interfaces) as zc:
-        browser = zeroconf.ServiceBrowser(zc, types, handlers=[handoff])
+        browser = zeroconf.ServiceBrowser(
+            zc, types, handlers=[handoff], question_type=_QUESTION_TYPE
+        )
         try:
             async with trio.open_nursery() as nursery:
                 task_status.started()
