@@ -154,6 +154,50 @@ def version() -> None:
     typer.echo(f"nexus-trio {__version__}")
 
 
+@app.command("advertise")
+def advertise_command(
+    url: Annotated[str, typer.Argument(help="The server, e.g. http://192.168.1.20:8080")],
+    type_: Annotated[
+        BackendType | None,
+        typer.Option("--type", help="What it is; detected when left out.", case_sensitive=False),
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option("--name", help="Instance name (default: TYPE-HOST).")
+    ] = None,
+    interface: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--interface",
+            help="Announce on this address only (repeatable). Default: discovery.interfaces "
+            "from the config, else every interface.",
+        ),
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="TOML file to read defaults from.")
+    ] = None,
+) -> None:
+    """Announce a server over mDNS until stopped, so every Nexus on the network finds it."""
+    try:
+        settings = load_settings(config_path=config)
+    except ConfigError as exc:
+        _fail(exc.message)
+        return
+    import trio
+
+    from nexus_trio.cli_advertise import NothingThere, run_advertise
+    from nexus_trio.logs import configure_logging
+
+    configure_logging(settings.logging)
+    interfaces = tuple(interface or settings.discovery.interfaces)
+    try:
+        trio.run(run_advertise, url, type_, name, interfaces)
+    except* NothingThere as group:
+        typer.echo(f"nexus: error: {_leaves(group)[0]}", err=True)
+        raise typer.Exit(code=1) from None
+    except* ConfigError as group:
+        _fail(str(_leaves(group)[0]))
+
+
 # ---------------------------------------------------------------------------------------------
 # Clients of a running server.
 

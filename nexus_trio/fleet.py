@@ -39,7 +39,7 @@ from nexus_trio.backends.listing import OllamaShowCache
 from nexus_trio.config import BackendType, Settings
 from nexus_trio.discovery.found import Found
 from nexus_trio.errors import NexusError, RequestError
-from nexus_trio.registry import Backend, Health, Registry, api_root, endpoint_of
+from nexus_trio.registry import Backend, Registry, api_root, endpoint_of
 
 __all__ = [
     "AlreadyRegistered",
@@ -233,13 +233,15 @@ class Fleet:
         return backend
 
     def _join(self, backend: Backend, found: Found) -> None:
+        was_gone = not backend.sources
         backend.sources.add(found.source)
         scope = self._forget.pop(backend.name, None)
         if scope is not None:
             scope.cancel()
-        if backend.health is Health.UNHEALTHY and backend.health_detail.startswith("said goodbye"):
+        if was_gone:
             # Announced again within the grace period: back in rotation, checked at once.
             self.registry.revive(backend)
+            log.info("backend %s is back (%s)", backend.name, found.source)
 
     async def _new_backend(self, found: Found, url: str, priority: int | None) -> Backend:
         kind = found.type
@@ -290,6 +292,7 @@ class Fleet:
             return
         backend.sources.discard(found.source)
         self.registry.demote(backend, f"said goodbye ({found.source})")
+        log.info("backend %s said goodbye (%s)", backend.name, found.source)
         if not backend.sources and self._nursery is not None:
             self._nursery.start_soon(self._forget_later, backend)
 

@@ -73,7 +73,9 @@ async def _watch(
         await probe_backend(registry, client, backend, settings, cache)
     recovery_delay = FIRST_RECOVERY_DELAY_SECONDS
     while True:
-        if backend.health is Health.UNHEALTHY:
+        if not backend.sources:
+            wait = math.inf  # it said goodbye: nothing to check until it is announced again
+        elif backend.health is Health.UNHEALTHY:
             wait = min(recovery_delay, settings.interval_seconds)
             recovery_delay *= 2
         else:

@@ -141,9 +141,10 @@ class Backend:
         )
 
     @property
-    def source(self) -> Source:
-        """The source that names this backend (see `SOURCE_PRECEDENCE`)."""
-        return next(s for s in SOURCE_PRECEDENCE if s in self.sources)
+    def source(self) -> Source | None:
+        """The source that names this backend (see `SOURCE_PRECEDENCE`); None once every
+        source has said goodbye."""
+        return next((s for s in SOURCE_PRECEDENCE if s in self.sources), None)
 
     @property
     def endpoint(self) -> tuple[str, int]:
@@ -151,7 +152,8 @@ class Backend:
 
     @property
     def routable(self) -> bool:
-        return self.health is not Health.UNHEALTHY
+        # No source left means every one said goodbye: out until announced again.
+        return self.health is not Health.UNHEALTHY and bool(self.sources)
 
     @property
     def load(self) -> float:

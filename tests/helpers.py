@@ -80,7 +80,7 @@ def nexus_config(
     options = backend_options or {}
     config: dict[str, Any] = {
         "server": {"host": "127.0.0.1", "port": 0},
-        "discovery": {"enabled": False},
+        "discovery": {"enabled": False, "interfaces": ["127.0.0.1"]},
         "backends": [
             {"name": b.name, "url": b.url, "type": b.flavor.value, **options.get(b.name, {})}
             for b in backends

@@ -12,6 +12,7 @@ import trio
 
 from nexus_trio.api.app import make_app
 from nexus_trio.discovery.found import Found
+from nexus_trio.fleet import NotAServer
 from nexus_trio.registry import RegistryEvent
 from nexus_trio.testing import Flavor
 
@@ -226,3 +227,19 @@ async def test_admin_token_is_required_everywhere_once_set(start_nexus: Any) -> 
     denied = await nexus.http.get("/admin/backends")
     assert denied.json()["error"]["type"] == "permission_error"
     assert "s3cret-token" not in denied.text
+
+
+async def test_mdns_cannot_point_nexus_at_its_own_loopback_from_the_network(
+    start_nexus: Any,
+) -> None:
+    server = sim("local-only")
+    # Discovery listening on every interface: an announcement may come from anywhere.
+    nexus = await start_nexus([], discovery={"interfaces": []})
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.serve)
+        with pytest.raises(NotAServer, match="loopback"):
+            await nexus.gateway.fleet.admit(Found("mdns", server.url, name="sneaky"))
+        assert "sneaky" not in nexus.gateway.registry
+        # The same server found by the local probe is fine: Nexus looked itself.
+        assert (await nexus.gateway.fleet.admit(Found("probe", server.url))).sources == {"probe"}
+        nursery.cancel_scope.cancel()

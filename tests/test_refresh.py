@@ -6,9 +6,10 @@ from typing import Any
 
 import trio
 
-from helpers import sim
 from nexus_trio.registry import RegistryEvent
 from nexus_trio.testing import Flavor, SimModel
+
+from helpers import sim
 
 IMAGE: dict[str, Any] = {
     "model": "llava:7b",

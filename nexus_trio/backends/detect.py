@@ -35,6 +35,11 @@ Why this order:
   ``{"error": "Unexpected endpoint or method. (GET /props)"}``, so a status alone
   proves nothing: an answer whose JSON object has an ``error`` key counts as a
   refusal (:attr:`ProbeAnswer.ok`), and every check looks for its own fields.
+
+A path still unanswered at the deadline is left out and the others decide; a
+connection refused, reset or garbled on any path makes the whole answer None
+(the server is stopping, or speaks no HTTP, and half its answers would pass it
+off as something else).
 """
 
 from __future__ import annotations
@@ -55,6 +60,7 @@ from nexus_trio.registry import api_root
 
 __all__ = [
     "DEFAULT_TIMEOUT_SECONDS",
+    "MAX_BODY_BYTES",
     "PROBE_PATHS",
     "Fingerprint",
     "ProbeAnswer",

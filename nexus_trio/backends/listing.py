@@ -47,7 +47,8 @@ def parse_openai_models(payload: Any, default_owner: str) -> list[ModelInfo]:
     for entry in payload["data"]:
         if not isinstance(entry, dict) or not isinstance(entry.get("id"), str):
             continue
-        context = entry.get("max_model_len")
+        # vLLM says max_model_len, exo context_length, llama.cpp meta.n_ctx_train.
+        context = entry.get("max_model_len") or entry.get("context_length")
         meta = entry.get("meta")
         if context is None and isinstance(meta, dict):
             context = meta.get("n_ctx") or meta.get("n_ctx_train")

@@ -1,0 +1,72 @@
+"""``nexus advertise``: announce a server that does not announce itself.
+
+No major inference server speaks mDNS today, so a server on another machine
+is invisible to Nexus's discovery until something announces it. This runs
+beside the server (or anywhere on its network), announces it on
+``_llm._tcp`` (``_ollama._tcp`` for Ollama) until stopped, and says goodbye on
+the way out, so every Nexus on the network finds it and then lets it go.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import Sequence
+
+import httpx
+import trio
+
+from nexus_trio.backends.detect import fingerprint
+from nexus_trio.config import BackendType
+from nexus_trio.discovery.advertise import advertise, service_info_for
+
+__all__ = ["NothingThere", "run_advertise"]
+
+log = logging.getLogger("nexus.advertise")
+
+
+class NothingThere(Exception):
+    """No LLM server answers at the URL, and its type was not given."""
+
+
+async def _detect(url: str) -> tuple[BackendType, str | None]:
+    async with httpx.AsyncClient(trust_env=False) as client:
+        found = await fingerprint(client, url)
+    if found is None:
+        raise NothingThere(
+            f"no LLM server answers at {url}; start it first, or pass --type to announce it anyway"
+        )
+    return found.type, found.version
+
+
+async def run_advertise(
+    url: str,
+    kind: BackendType | None,
+    name: str | None,
+    interfaces: Sequence[str],
+) -> None:
+    """Announce ``url`` until SIGINT/SIGTERM, then say goodbye.
+
+    Raises:
+        NothingThere: ``kind`` was not given and nothing answers at ``url``.
+        ConfigError: the URL or name cannot be announced.
+    """
+    version = None
+    if kind is None:
+        kind, version = await _detect(url)
+    host = httpx.URL(url).host or "server"
+    # service_info_for may resolve a host name: blocking, so off the trio thread.
+    info = await trio.to_thread.run_sync(
+        lambda: service_info_for(url, kind, name or f"{kind.value}-{host}", version=version)
+    )
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            names = await nursery.start(advertise, [info], interfaces)
+            where = ", ".join(interfaces) or "every interface"
+            print(
+                f"Announcing {', '.join(names)} ({kind.value}) at {url} on {where}. Ctrl+C stops.",
+                flush=True,
+            )
+            await anext(signals)
+            nursery.cancel_scope.cancel()  # advertise says goodbye as it stops
+    print("Stopped announcing.", flush=True)
