@@ -234,7 +234,7 @@ class Fleet:
 
     def _join(self, backend: Backend, found: Found) -> None:
         was_gone = not backend.sources
-        backend.sources.add(found.source)
+        self.registry.set_sources(backend, backend.sources | {found.source})
         scope = self._forget.pop(backend.name, None)
         if scope is not None:
             scope.cancel()
@@ -290,7 +290,7 @@ class Fleet:
             backend = self.find(endpoint_of(api_root(found.url)))
         if backend is None or found.source not in backend.sources:
             return
-        backend.sources.discard(found.source)
+        self.registry.set_sources(backend, backend.sources - {found.source})
         self.registry.demote(backend, f"said goodbye ({found.source})")
         log.info("backend %s said goodbye (%s)", backend.name, found.source)
         if not backend.sources and self._nursery is not None:

@@ -207,7 +207,7 @@ def api_root(url: str) -> str:
 class RegistryEvent:
     """A change subscribers hear about: ``kind`` names it, ``backend`` is whose."""
 
-    kind: Literal["backend_added", "backend_removed", "health", "models"]
+    kind: Literal["backend_added", "backend_removed", "health", "models", "sources"]
     backend: str
     detail: str = ""
 
@@ -316,6 +316,12 @@ class Registry:
         backend.consecutive_successes = 0
         self._set_health(backend, Health.UNHEALTHY, reason)
         backend.recovery_wanted.set()
+
+    def set_sources(self, backend: Backend, sources: set[Source]) -> None:
+        """Which sources know the backend now (a new one found it, or one said goodbye)."""
+        if sources != backend.sources:
+            backend.sources = set(sources)
+            self._publish(RegistryEvent("sources", backend.name, ",".join(sorted(sources))))
 
     def revive(self, backend: Backend) -> None:
         """Back in rotation untested (it was announced again); checked at once."""

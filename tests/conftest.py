@@ -44,7 +44,8 @@ async def start_nexus(nursery: trio.Nursery) -> AsyncIterator[Any]:
         **sections: dict[str, Any],
     ) -> Running:
         for backend in backends:
-            await nursery.start(backend.serve)
+            if not backend.accepting:  # a test may have started it already
+                await nursery.start(backend.serve)
         environ = environ or {}
         settings = settings_from_mapping(
             nexus_config(backends, backend_options, **sections), environ=environ

@@ -17,6 +17,8 @@ from typing import Any
 import httpx
 import trio
 
+from nexus_trio.config import BackendType
+from nexus_trio.discovery.advertise import advertise, service_info_for
 from nexus_trio.testing import Flavor
 
 from helpers import sim
@@ -103,3 +105,30 @@ async def test_advertised_server_is_found_served_and_let_go(
         nexus.send_signal(signal.SIGTERM)
         with trio.fail_after(15):
             assert await nexus.wait() == 0
+
+
+async def test_config_probe_and_mdns_find_one_backend(
+    start_nexus: Any, nursery: trio.Nursery
+) -> None:
+    server = sim("office", Flavor.OLLAMA, "qwen2.5:7b")
+    await nursery.start(server.serve)
+    nexus = await start_nexus(
+        [server],
+        discovery={
+            "enabled": True,
+            "interfaces": ["127.0.0.1"],
+            "probe_ports": [server.port],
+            "probe_interval_seconds": 3600,
+        },
+    )
+    registry = nexus.gateway.registry
+    events = registry.subscribe()
+    assert registry.get("office").sources == {"config", "probe"}  # the first probe round
+    info = service_info_for(server.url, BackendType.OLLAMA, "office-announced")
+    await nursery.start(advertise, [info], ["127.0.0.1"])
+    with trio.fail_after(10):
+        async for event in events:
+            if event.kind == "sources" and "mdns" in event.detail:
+                break
+    assert [b.name for b in registry] == ["office"]  # config's name wins
+    assert registry.get("office").sources == {"config", "probe", "mdns"}
