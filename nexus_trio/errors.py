@@ -10,7 +10,11 @@ its message says what to do next::
     │   ├── BodyTooLarge            413
     │   ├── ModelNotFound           404  model_not_found
     │   ├── ModelCannotServe        400  no backend of the model has the capability
-    │   └── ContextLengthExceeded   400  context_length_exceeded
+    │   ├── ContextLengthExceeded   400  context_length_exceeded
+    │   ├── BackendNotFound         404  admin: no backend of that name
+    │   ├── BackendExists           409  admin: that name or server is registered already
+    │   └── NotAServer              422  admin/discovery: nothing LLM-like answers there
+    ├── AdminForbidden              403  admin API from elsewhere without the token
     ├── NoHealthyBackend            503  with Retry-After
     └── BackendError                502  one upstream attempt failed
         ├── BackendUnreachable      502  connect refused, reset, DNS
@@ -30,8 +34,11 @@ from collections.abc import Sequence
 from typing import Any
 
 __all__ = [
+    "AdminForbidden",
     "AllBackendsFailed",
     "BackendError",
+    "BackendExists",
+    "BackendNotFound",
     "BackendProtocolError",
     "BackendStatus",
     "BackendTimeout",
@@ -43,6 +50,7 @@ __all__ = [
     "ModelNotFound",
     "NexusError",
     "NoHealthyBackend",
+    "NotAServer",
     "RequestError",
     "error_body",
 ]
@@ -114,6 +122,29 @@ class ModelCannotServe(RequestError):
 
 class ContextLengthExceeded(RequestError):
     code = "context_length_exceeded"
+
+
+class BackendNotFound(RequestError):
+    status = 404
+    code = "backend_not_found"
+
+
+class BackendExists(RequestError):
+    status = 409
+    code = "backend_exists"
+
+
+class NotAServer(RequestError):
+    """Nothing that speaks an LLM API answers at a URL (or its first check failed)."""
+
+    status = 422
+    code = "backend_not_detected"
+
+
+class AdminForbidden(NexusError):
+    status = 403
+    type = "permission_error"
+    code = "admin_forbidden"
 
 
 class NoHealthyBackend(NexusError):

@@ -38,13 +38,11 @@ from nexus_trio.backends.detect import fingerprint
 from nexus_trio.backends.listing import OllamaShowCache
 from nexus_trio.config import BackendType, Settings
 from nexus_trio.discovery.found import Found
-from nexus_trio.errors import NexusError, RequestError
+from nexus_trio.errors import BackendExists, NexusError, NotAServer
 from nexus_trio.registry import Backend, Registry, api_root, endpoint_of
 
 __all__ = [
-    "AlreadyRegistered",
     "Fleet",
-    "NotAServer",
     "StateFile",
     "default_state_path",
     "resolve_endpoint",
@@ -53,19 +51,6 @@ __all__ = [
 log = logging.getLogger("nexus.fleet")
 
 RESOLVE_TIMEOUT_SECONDS = 2.0
-
-
-class NotAServer(NexusError):
-    """Nothing that speaks an LLM API answers at the URL."""
-
-    status = 422
-    type = "invalid_request_error"
-    code = "backend_not_detected"
-
-
-class AlreadyRegistered(RequestError):
-    status = 409
-    code = "backend_exists"
 
 
 def default_state_path(settings: Settings) -> Path:
@@ -202,7 +187,7 @@ class Fleet:
 
         Raises:
             NotAServer: its type was not given and nothing LLM-like answers there.
-            AlreadyRegistered: an admin add of a name already taken by another server.
+            BackendExists: an admin add of a name already taken by another server.
             BackendError: it was found but its first check failed (not added).
         """
         url = api_root(found.url)
@@ -216,7 +201,7 @@ class Fleet:
             existing = self.find(endpoint)
             if existing is not None:
                 if found.source == "admin" and persist:
-                    raise AlreadyRegistered(
+                    raise BackendExists(
                         f"{url} is already registered as {existing.name!r}.", param="url"
                     )
                 self._join(existing, found)
@@ -271,7 +256,7 @@ class Fleet:
         if wanted not in self.registry:
             return wanted
         if source == "admin":
-            raise AlreadyRegistered(
+            raise BackendExists(
                 f"A backend named {wanted!r} already exists; choose another name.", param="name"
             )
         n = 2

@@ -12,7 +12,7 @@ import trio
 
 from nexus_trio.api.app import make_app
 from nexus_trio.discovery.found import Found
-from nexus_trio.fleet import NotAServer
+from nexus_trio.errors import NotAServer
 from nexus_trio.registry import RegistryEvent
 from nexus_trio.testing import Flavor
 

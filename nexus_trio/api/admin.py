@@ -19,28 +19,17 @@ from quart import Blueprint, Response, jsonify, request
 from nexus_trio.api.models import model_entries
 from nexus_trio.config import BackendType
 from nexus_trio.discovery.found import Found
-from nexus_trio.errors import BackendError, NexusError, RequestError
+from nexus_trio.errors import (
+    AdminForbidden,
+    BackendError,
+    BackendNotFound,
+    NotAServer,
+    RequestError,
+)
 from nexus_trio.gateway import Gateway
 from nexus_trio.registry import Backend
 
 __all__ = ["backend_view", "make_admin_blueprint"]
-
-
-class Forbidden(NexusError):
-    status = 403
-    type = "permission_error"
-    code = "admin_forbidden"
-
-
-class UnreachableBackend(NexusError):
-    status = 422
-    type = "invalid_request_error"
-    code = "backend_unreachable"
-
-
-class UnknownBackend(RequestError):
-    status = 404
-    code = "backend_not_found"
 
 
 def backend_view(backend: Backend) -> dict[str, Any]:
@@ -83,11 +72,11 @@ def make_admin_blueprint(gateway: Gateway) -> Blueprint:
         if token is not None:
             sent = request.headers.get("authorization", "")
             if not hmac.compare_digest(sent.encode(), f"Bearer {token}".encode()):
-                raise Forbidden("The admin API needs 'Authorization: Bearer <admin token>'.")
+                raise AdminForbidden("The admin API needs 'Authorization: Bearer <admin token>'.")
             return
         peer = (request.scope.get("client") or (None,))[0]
         if not _is_loopback(peer):
-            raise Forbidden(
+            raise AdminForbidden(
                 "The admin API answers loopback clients only; set server.admin_token "
                 "(NEXUS_ADMIN_TOKEN) to reach it from elsewhere."
             )
@@ -133,13 +122,13 @@ def make_admin_blueprint(gateway: Gateway) -> Blueprint:
                 Found("admin", url, kind, name=name), priority=priority
             )
         except BackendError as exc:
-            raise UnreachableBackend(f"{url} did not pass its first check: {exc.reason}.") from exc
+            raise NotAServer(f"{url} did not pass its first check: {exc.reason}.") from exc
         return jsonify({"backend": backend_view(backend)}), 201
 
     @admin.delete("/backends/<path:name>")
     async def remove_backend(name: str) -> Response:
         if name not in gateway.registry:
-            raise UnknownBackend(
+            raise BackendNotFound(
                 f"No backend is named {name!r}; GET /admin/backends lists them.", param="name"
             )
         assert gateway.fleet is not None
