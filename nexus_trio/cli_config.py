@@ -84,6 +84,14 @@ DESCRIPTIONS: Final[Mapping[str, str]] = {
     "routing": "How a request picks its backend, and what happens when that backend fails.",
     "routing.strategy": "How the healthy backends of a model are ordered.",
     "routing.max_attempts": "Backends tried for one request before giving up with HTTP 502.",
+    "routing.mid_stream": (
+        "When a stream's backend fails after its first token: continue_same_model, "
+        "continue_any (a fallback model too) or error."
+    ),
+    "routing.max_mid_stream_failovers": "Continuations on another backend allowed per stream.",
+    "routing.hedge_after_ms": (
+        "Start the next backend beside one with no first token after this long; unset: off."
+    ),
     "routing.aliases": "Other names for models: a request for the key is served by the value.",
     "routing.fallbacks": (
         "Models to serve instead when no backend of the key's model can (one name or a list)."
@@ -110,6 +118,8 @@ DESCRIPTIONS: Final[Mapping[str, str]] = {
         "NAME of the environment variable holding its API key (never the key itself)."
     ),
     "backends.max_concurrency": "Requests it may serve at once; unset means no limit.",
+    "backends.first_token_seconds": "Overrides routing.timeouts.first_token_seconds here.",
+    "backends.stream_idle_seconds": "Overrides routing.timeouts.stream_idle_seconds here.",
     "backends.models": "What to believe about one of its models instead of what it reports.",
     "backends.models.context_length": "Context window in tokens.",
     "backends.models.capabilities": "Replaces what the backend reports: vision, tools, json.",
@@ -121,11 +131,14 @@ EXAMPLES: Final[Mapping[str, str]] = {
     "server.state_file": '"/var/lib/nexus/state.json"',
     "routing.aliases": '"gpt-4o" = "llama3:70b"',
     "routing.fallbacks": '"llama3:70b" = ["llama3:8b", "mistral:7b"]',
+    "routing.hedge_after_ms": "1500",
     "backends.name": '"gpu-box"',
     "backends.url": '"http://192.168.1.20:11434"',
     "backends.type": '"ollama"',
     "backends.api_key_env": '"GPU_BOX_API_KEY"',
     "backends.max_concurrency": "4",
+    "backends.first_token_seconds": "120.0",
+    "backends.stream_idle_seconds": "60.0",
     "backends.models": '"llama3:8b"',
     "backends.models.context_length": "8192",
     "backends.models.capabilities": '["tools"]',

@@ -52,6 +52,7 @@ __all__ = [
     "DiscoverySettings",
     "HealthCheckSettings",
     "LogFormat",
+    "MidStream",
     "LoggingSettings",
     "ModelOverride",
     "RoutingSettings",
@@ -78,6 +79,14 @@ class Strategy(enum.StrEnum):
     PRIORITY = "priority"
     LEAST_BUSY = "least_busy"
     RANDOM = "random"
+
+
+class MidStream(enum.StrEnum):
+    """What to do when a stream's backend fails after the client has seen its first token."""
+
+    CONTINUE_SAME_MODEL = "continue_same_model"  # continue on another backend of the model
+    CONTINUE_ANY = "continue_any"  # ...or, failing that, on a fallback model
+    ERROR = "error"  # end the stream with an error event
 
 
 class LogFormat(enum.StrEnum):
@@ -482,6 +491,13 @@ class RoutingSettings:
 
     strategy: Strategy = field(default=Strategy.SMART, metadata=_meta(_Choice.of(Strategy)))
     max_attempts: int = field(default=3, metadata=_meta(_AT_LEAST_ONE))
+    mid_stream: MidStream = field(
+        default=MidStream.CONTINUE_SAME_MODEL, metadata=_meta(_Choice.of(MidStream))
+    )
+    max_mid_stream_failovers: int = field(default=2, metadata=_meta(_Int(0)))
+    # Off when unset: start the next candidate beside a first one that has not
+    # produced its first token after this long; the first to do so wins.
+    hedge_after_ms: int | None = field(default=None, metadata=_meta(_Optional(_AT_LEAST_ONE)))
     aliases: Mapping[str, str] = field(
         default_factory=dict, metadata=_meta(_Map(_Str(), what="alias name"))
     )
@@ -562,6 +578,9 @@ class BackendSettings:
         ),
     )
     max_concurrency: int | None = field(default=None, metadata=_meta(_Optional(_AT_LEAST_ONE)))
+    # Per-backend overrides of routing.timeouts (a slow big model, say).
+    first_token_seconds: float | None = field(default=None, metadata=_meta(_Optional(_POSITIVE)))
+    stream_idle_seconds: float | None = field(default=None, metadata=_meta(_Optional(_POSITIVE)))
     models: Mapping[str, ModelOverride] = field(
         default_factory=_no_models,
         metadata=_meta(_Map(_Table(ModelOverride), what="model id")),
