@@ -118,6 +118,8 @@ class Backend:
     models: Mapping[str, ModelInfo] = field(default_factory=dict)
     warm_models: frozenset[str] | None = None  # loaded in memory now (Ollama /api/ps)
     slots: int | None = None  # parallel slots the server reports (llama.cpp /props)
+    first_token_seconds: float | None = None  # overrides of routing.timeouts
+    stream_idle_seconds: float | None = None
     health: Health = Health.UNKNOWN
     health_detail: str = ""
     in_flight: int = 0
@@ -138,6 +140,8 @@ class Backend:
             max_concurrency=settings.max_concurrency,
             api_key=Secret(key) if key else None,
             model_overrides=settings.models,
+            first_token_seconds=settings.first_token_seconds,
+            stream_idle_seconds=settings.stream_idle_seconds,
         )
 
     @property

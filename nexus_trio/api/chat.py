@@ -165,9 +165,7 @@ async def handle_chat(gateway: Gateway, scope: Scope, receive: ASGIReceive, send
                     downstream,
                     outcome,
                 )
-                await forward_chat(
-                    attempt, chat, decision, max_attempts=settings.routing.max_attempts
-                )
+                await forward_chat(attempt, chat, decision, settings.routing)
             except NexusError as exc:
                 error = exc
             except Exception:

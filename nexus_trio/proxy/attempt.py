@@ -7,14 +7,14 @@ backend refused the request itself; the client hears that answer as it is).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import httpx
 
 from nexus_trio.config import TimeoutSettings
 from nexus_trio.errors import BackendError, BackendStatus
-from nexus_trio.registry import Registry
+from nexus_trio.registry import Backend, Registry
 from nexus_trio.routing.router import Candidate
 
 __all__ = [
@@ -59,7 +59,10 @@ class Outcome:
     attempts: int = 0
     failures: list[BackendError] = field(default_factory=list)
     ttft_seconds: float | None = None
-    error: str | None = None  # a failure after the stream committed
+    error: str | None = None  # a failure after the stream committed that ended it
+    mid_stream_failovers: int = 0  # continuations on another backend
+    hedges_started: int = 0
+    hedges_won: int = 0
 
     def served(self, candidate: Candidate, status: int) -> None:
         """``candidate`` answered the client with ``status``."""
@@ -77,11 +80,22 @@ class Attempt:
     downstream: Downstream
     outcome: Outcome
 
+    def timeouts_for(self, backend: Backend) -> TimeoutSettings:
+        """The routing timeouts, with the backend's own overrides applied."""
+        if backend.first_token_seconds is None and backend.stream_idle_seconds is None:
+            return self.timeouts
+        return replace(
+            self.timeouts,
+            first_token_seconds=backend.first_token_seconds or self.timeouts.first_token_seconds,
+            stream_idle_seconds=backend.stream_idle_seconds or self.timeouts.stream_idle_seconds,
+        )
+
 
 class PassThrough(Exception):
     """The backend refused the request itself: hand its answer to the client as is."""
 
-    def __init__(self, status: int, body: bytes, content_type: str) -> None:
+    def __init__(self, candidate: Candidate, status: int, body: bytes, content_type: str) -> None:
+        self.candidate = candidate
         self.status = status
         self.body = body
         self.content_type = content_type
@@ -111,7 +125,8 @@ async def classify_status(
             break
     status = response.status_code
     if status in CLIENT_ERRORS:
-        raise PassThrough(status, body, response.headers.get("content-type", "application/json"))
+        content_type = response.headers.get("content-type", "application/json")
+        raise PassThrough(candidate, status, body, content_type)
     detail = body[:200].decode("utf-8", "replace").strip()
     if status == 404:
         # The route exists on every type we speak to, so a 404 means the model is gone.

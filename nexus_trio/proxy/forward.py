@@ -5,8 +5,19 @@ attempt raises ``BackendError``, the backend is demoted, and the next
 candidate is tried (up to ``routing.max_attempts``). A streaming answer
 commits at its first token: response headers go out only once a backend has
 sent an event that carries part of the answer (the opening role-only chunk
-does not count), so failover before it costs the client nothing but time. After
-the commit, a failure is reported in-band as one SSE error event.
+does not count), so failover before it costs the client nothing but time.
+
+After the commit, a stream whose backend fails (connection lost, malformed
+SSE, an in-band error, a stall) continues on the next candidate — same model
+first — with the text relayed so far as an assistant prefill, and the client
+receives only the new text, under the same id (`nexus_trio.proxy.tracker`).
+What cannot be continued (a tool call in flight, ``routing.mid_stream =
+"error"``, no candidate left, ``max_mid_stream_failovers`` used up) ends with
+one SSE error event.
+
+Hedging (``routing.hedge_after_ms``): when the backend trying to open a stream
+has not produced its first token after that long, the next candidate starts
+beside it; the first to produce one wins, and the other is cancelled at once.
 
 Every attempt runs inside its own cancel scopes (one per phase deadline), and
 its bookkeeping (the backend's in-flight count, closing the upstream response)
@@ -17,10 +28,13 @@ all leave the counters as they found them.
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Callable, Sequence
 
 import httpx
 import trio
 
+from nexus_trio.config import MidStream, RoutingSettings
 from nexus_trio.errors import (
     AllBackendsFailed,
     BackendError,
@@ -34,7 +48,9 @@ from nexus_trio.proxy.attempt import (
     classify_status,
     nexus_headers,
 )
-from nexus_trio.proxy.streaming import attempt_stream
+from nexus_trio.proxy.continuation import continuation_body, may_echo
+from nexus_trio.proxy.streaming import OpenStream, open_stream, relay, sse_error_event
+from nexus_trio.proxy.tracker import StreamTracker, sse_comment
 from nexus_trio.proxy.upstream import backend_headers, translate_httpx_error
 from nexus_trio.routing.requirements import ChatRequest
 from nexus_trio.routing.router import Candidate, RouteDecision
@@ -80,7 +96,7 @@ async def attempt_json(attempt: Attempt, candidate: Candidate, body: bytes) -> N
 
 
 async def forward_chat(
-    attempt: Attempt, chat: ChatRequest, decision: RouteDecision, *, max_attempts: int
+    attempt: Attempt, chat: ChatRequest, decision: RouteDecision, routing: RoutingSettings
 ) -> None:
     """Try the decision's candidates in order; the first that answers serves.
 
@@ -91,27 +107,231 @@ async def forward_chat(
     Raises:
         AllBackendsFailed: every attempt failed before anything reached the client.
     """
-    outcome = attempt.outcome
-    try_one = attempt_stream if chat.needs.stream else attempt_json
+    try:
+        if chat.needs.stream:
+            await _stream_chat(attempt, chat, decision, routing)
+        else:
+            await _json_chat(attempt, chat, decision, routing.max_attempts)
+    except PassThrough as answer:
+        attempt.outcome.served(answer.candidate, answer.status)
+        await attempt.downstream.respond(
+            answer.status,
+            nexus_headers(answer.candidate, attempt.request_id, answer.content_type),
+            answer.body,
+        )
+
+
+def _failed(attempt: Attempt, candidate: Candidate, failure: BackendError) -> None:
+    """Note a failed attempt; take its backend out of rotation unless it only lost the model."""
+    attempt.outcome.failures.append(failure)
+    if not (isinstance(failure, BackendStatus) and failure.upstream_status == 404):
+        attempt.registry.demote(candidate.backend, failure.reason)
+
+
+async def _json_chat(
+    attempt: Attempt, chat: ChatRequest, decision: RouteDecision, max_attempts: int
+) -> None:
     for candidate in decision.candidates[:max_attempts]:
         backend = candidate.backend
-        outcome.attempts += 1
+        attempt.outcome.attempts += 1
         backend.in_flight += 1
         try:
-            await try_one(attempt, candidate, chat.body_for(candidate.model))
-            return
-        except PassThrough as answer:
-            attempt.outcome.served(candidate, answer.status)
-            await attempt.downstream.respond(
-                answer.status,
-                nexus_headers(candidate, attempt.request_id, answer.content_type),
-                answer.body,
-            )
+            await attempt_json(attempt, candidate, chat.body_for(candidate.model))
             return
         except BackendError as failure:
-            outcome.failures.append(failure)
-            if not (isinstance(failure, BackendStatus) and failure.upstream_status == 404):
-                attempt.registry.demote(backend, failure.reason)
+            _failed(attempt, candidate, failure)
         finally:
             backend.in_flight -= 1
-    raise AllBackendsFailed(decision.model, outcome.failures)
+    raise AllBackendsFailed(decision.model, attempt.outcome.failures)
+
+
+BodyFor = Callable[[Candidate], bytes]
+
+
+async def _open_first(
+    attempt: Attempt,
+    candidates: Sequence[Candidate],
+    body_for: BodyFor,
+    hedge_after_ms: int | None,
+    model: str,
+) -> OpenStream:
+    """The first of ``candidates`` to produce a first token (failing over, maybe hedging).
+
+    Raises:
+        AllBackendsFailed: none did.
+        PassThrough: one refused the request itself.
+    """
+    if hedge_after_ms is None:
+        for candidate in candidates:
+            attempt.outcome.attempts += 1
+            try:
+                return await open_stream(attempt, candidate, body_for(candidate))
+            except BackendError as failure:
+                _failed(attempt, candidate, failure)
+        raise AllBackendsFailed(model, attempt.outcome.failures)
+    return await _race(attempt, candidates, body_for, hedge_after_ms / 1000, model)
+
+
+async def _race(
+    attempt: Attempt,
+    candidates: Sequence[Candidate],
+    body_for: BodyFor,
+    hedge_after: float,
+    model: str,
+) -> OpenStream:
+    """`_open_first` with hedging: each runner is a sibling task in one nursery, and
+    cancelling the nursery cancels every loser at once."""
+    outcome = attempt.outcome
+    waiting = list(reversed(candidates))
+    winner: OpenStream | None = None
+    refused: PassThrough | None = None
+    running = 0
+    failed_send, failed = trio.open_memory_channel[None](math.inf)
+
+    async with trio.open_nursery() as nursery:
+
+        async def run(candidate: Candidate, hedge: bool) -> None:
+            nonlocal winner, refused
+            try:
+                stream = await open_stream(attempt, candidate, body_for(candidate))
+            except BackendError as failure:
+                _failed(attempt, candidate, failure)
+                failed_send.send_nowait(None)
+                return
+            except PassThrough as answer:
+                refused = refused or answer
+                nursery.cancel_scope.cancel()
+                return
+            if winner is not None:
+                await stream.aclose()  # a photo finish: the other one was first
+                return
+            winner = stream
+            outcome.hedges_won += hedge
+            nursery.cancel_scope.cancel()  # the losers stop now
+
+        def launch(hedge: bool) -> None:
+            nonlocal running
+            candidate = waiting.pop()
+            outcome.attempts += 1
+            outcome.hedges_started += hedge
+            running += 1
+            nursery.start_soon(run, candidate, hedge)
+
+        if waiting:
+            launch(hedge=False)
+        while running:
+            with trio.move_on_after(hedge_after if waiting else math.inf) as timer:
+                await failed.receive()
+                running -= 1
+                if not running and waiting:
+                    launch(hedge=False)  # plain failover: nothing else is trying
+            if timer.cancelled_caught:
+                launch(hedge=True)  # the ones trying are slow: start the next beside them
+    if winner is not None:
+        return winner
+    if refused is not None:
+        raise refused
+    raise AllBackendsFailed(model, outcome.failures)
+
+
+def _continuation_candidates(
+    decision: RouteDecision, current: Candidate, failed: set[str], mode: MidStream
+) -> list[Candidate]:
+    """Who may continue a stream: same model first; another model only if allowed."""
+    left = [c for c in decision.candidates
+            if c.backend.name not in failed and c.backend.routable]  # fmt: skip
+    same = [c for c in left if c.model == current.model]
+    if mode is MidStream.CONTINUE_ANY:
+        return same + [c for c in left if c.model != current.model]
+    return same
+
+
+async def _stream_chat(
+    attempt: Attempt, chat: ChatRequest, decision: RouteDecision, routing: RoutingSettings
+) -> None:
+    outcome, downstream = attempt.outcome, attempt.downstream
+    stream = await _open_first(
+        attempt, decision.candidates[: routing.max_attempts],
+        lambda c: chat.body_for(c.model), routing.hedge_after_ms, decision.model,
+    )  # fmt: skip
+    tracker = StreamTracker()
+    failed: set[str] = set()
+    try:
+        # The commit point: from here on the client has seen this backend.
+        candidate = stream.candidate
+        outcome.served(candidate, 200)
+        outcome.ttft_seconds = stream.ttft_seconds
+        attempt.registry.record_ttft(candidate.backend, stream.ttft_seconds)
+        await downstream.start(
+            200,
+            [*nexus_headers(candidate, attempt.request_id, "text/event-stream"),
+             ("cache-control", "no-cache")],
+        )  # fmt: skip
+        while (failure := await relay(stream, tracker, attempt)) is not None:
+            _failed(attempt, stream.candidate, failure)
+            failed.add(stream.candidate.backend.name)
+            await stream.aclose()
+            next_stream = await _continue(attempt, chat, decision, routing, tracker,
+                                          stream.candidate, failed, failure)  # fmt: skip
+            if next_stream is None:
+                return
+            stream = next_stream
+        await downstream.end()
+        await stream.drain()
+    finally:
+        await stream.aclose()
+
+
+async def _continue(
+    attempt: Attempt,
+    chat: ChatRequest,
+    decision: RouteDecision,
+    routing: RoutingSettings,
+    tracker: StreamTracker,
+    current: Candidate,
+    failed: set[str],
+    failure: BackendError,
+) -> OpenStream | None:
+    """Open the stream that continues a failed one, or end it with an error event."""
+    outcome = attempt.outcome
+    why_not = tracker.continuable
+    if routing.mid_stream is MidStream.ERROR:
+        why_not = 'mid-stream continuation is off (routing.mid_stream = "error")'
+    elif outcome.mid_stream_failovers >= routing.max_mid_stream_failovers:
+        why_not = f"it had already switched backends {outcome.mid_stream_failovers} times"
+    elif chat.payload.get("n", 1) not in (1, None):
+        why_not = "continuation supports one choice (n = 1) only"
+    candidates = [] if why_not else _continuation_candidates(
+        decision, current, failed, routing.mid_stream
+    )  # fmt: skip
+    if not why_not and not candidates:
+        why_not = "no other backend could continue it"
+    stream = None
+    if not why_not:
+        payload, prefill, produced = chat.payload, tracker.text, tracker.content_chunks
+        try:
+            stream = await _open_first(
+                attempt, candidates,
+                lambda c: continuation_body(payload, c.backend.type, c.model, prefill, produced),
+                routing.hedge_after_ms, decision.model,
+            )  # fmt: skip
+        except AllBackendsFailed:
+            why_not = "every backend that could continue it failed too"
+        except PassThrough as answer:
+            why_not = f"the next backend refused to continue it (HTTP {answer.status})"
+    if stream is None:
+        outcome.error = f"{failure.message}; not continued: {why_not}"
+        await attempt.downstream.send(sse_error_event(
+            f"The backend failed mid-stream ({failure.message}) and the answer could not be "
+            f"continued: {why_not}. The answer is incomplete; retry the request.",
+            failure.code or "backend_error",
+        ))  # fmt: skip
+        await attempt.downstream.end()
+        return None
+    outcome.mid_stream_failovers += 1
+    tracker.begin_continuation(may_echo=may_echo(stream.candidate.backend.type))
+    note = f"nexus failover from {current.backend.name} to {stream.candidate.backend.name}"
+    if stream.candidate.model != current.model:
+        note += f" (model {current.model} -> {stream.candidate.model})"
+    await attempt.downstream.send(sse_comment(note))
+    return stream
