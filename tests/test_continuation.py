@@ -10,9 +10,10 @@ import openai
 import pytest
 import trio
 
-from helpers import sim
 from nexus_trio.testing import Flavor, SimModel, SimulatedBackend
 from nexus_trio.testing._text import expected_answer
+
+from helpers import sim
 
 MESSAGES: list[Any] = [{"role": "user", "content": "Tell me a long story, please."}]
 FULL = expected_answer("llama3:8b", MESSAGES)
@@ -307,5 +308,5 @@ async def test_a_failed_first_is_replaced_without_waiting_for_the_hedge(start_ne
 def test_models_share_one_text() -> None:
     # The premise of these tests: every replica of a model says the same thing.
     assert SimModel("llama3:8b").id == "llama3:8b"
-    assert FULL == expected_answer("llama3:8b", MESSAGES)
+    assert expected_answer("llama3:8b", MESSAGES) == FULL
     assert len(FULL.split()) > 22
