@@ -21,7 +21,8 @@ its message says what to do next::
         ├── BackendTimeout          504  connect, first byte or stall deadline
         ├── BackendStatus           502  5xx, 429, or a 404 for a model it no longer has
         ├── BackendProtocolError    502  a body or SSE stream we cannot read
-        └── AllBackendsFailed       502  (504 when every attempt timed out)
+        └── AllBackendsFailed       502  (504 when every attempt timed out, 429 when every
+                                         backend rate-limited, with Retry-After)
 
 httpx errors are translated where they enter (`nexus_trio.proxy.upstream`),
 chained ``from`` the original.
@@ -212,3 +213,13 @@ class AllBackendsFailed(NexusError):
         if failures and all(isinstance(f, BackendTimeout) for f in failures):
             self.status = 504
             self.type = "timeout_error"
+        elif failures and all(
+            isinstance(f, BackendStatus) and f.upstream_status == 429 for f in failures
+        ):
+            # Every backend is rate limiting: that is what the client should hear.
+            self.status = 429
+            self.type = "rate_limit_error"
+            self.code = "rate_limited"
+
+    def headers(self) -> list[tuple[str, str]]:
+        return [("retry-after", "1")] if self.status == 429 else []

@@ -75,6 +75,9 @@ async def _respond(backend: SimulatedBackend, request: Request, responder: Respo
             backend.stats.chat_by_model[body["model"]] += 1
     if faults.delay_before_headers_seconds > 0:
         await trio.sleep(faults.delay_before_headers_seconds)
+    if faults.reset_before_headers:
+        await responder.abort()
+        return
     if faults.status is not None:
         await _send_fault_status(backend, responder, faults.status)
         return

@@ -55,6 +55,8 @@ class Faults:
         malformed: not streamed: a truncated JSON body with status 200. Streamed:
             after the role chunk, one ``data:`` event whose JSON is broken, then
             the body ends and the connection closes.
+        reset_before_headers: close the connection as soon as a chat request has
+            arrived, before any response (streamed or not).
         error_event_after_chunks: stream: after K content chunks, an in-band
             ``data: {"error": {...}}`` event then ``data: [DONE]``, as vLLM does.
             Ignored when not streamed.
@@ -66,6 +68,7 @@ class Faults:
     stall_after_chunks: int | None = None
     malformed: bool = False
     error_event_after_chunks: int | None = None
+    reset_before_headers: bool = False
 
     def clear(self) -> None:
         """Turn every fault off."""
@@ -75,6 +78,7 @@ class Faults:
         self.stall_after_chunks = None
         self.malformed = False
         self.error_event_after_chunks = None
+        self.reset_before_headers = False
 
 
 @dataclass
