@@ -18,9 +18,10 @@ import openai
 import pytest
 import trio
 
-from helpers import sim
 from nexus_trio.testing import Flavor, SimulatedBackend
 from nexus_trio.testing._text import expected_answer
+
+from helpers import sim
 
 MESSAGES: list[Any] = [{"role": "user", "content": "Describe the fault matrix."}]
 FULL = expected_answer("llama3:8b", MESSAGES)
