@@ -310,3 +310,36 @@ def test_models_share_one_text() -> None:
     assert SimModel("llama3:8b").id == "llama3:8b"
     assert expected_answer("llama3:8b", MESSAGES) == FULL
     assert len(FULL.split()) > 22
+
+
+async def test_a_client_that_gives_up_cancels_every_hedge(start_nexus: Any) -> None:
+    a, b = replicas(Flavor.VLLM)
+    nexus = await start_nexus(
+        [a, b], backend_options=PRIORITIES, routing={"strategy": "priority", "hedge_after_ms": 50}
+    )
+    a.faults.delay_before_headers_seconds = b.faults.delay_before_headers_seconds = 30
+    body = {"model": "llama3:8b", "messages": MESSAGES, "stream": True}
+    with trio.move_on_after(0.5):  # the client's own timeout: long after the hedge started
+        await nexus.http.post("/v1/chat/completions", json=body)
+    with trio.fail_after(2):
+        await a.stats.disconnected.wait()
+        await b.stats.disconnected.wait()
+    assert await nexus.in_flight() == {"a": 0, "b": 0}
+
+
+async def test_closing_the_sdk_stream_cancels_the_upstream(start_nexus: Any) -> None:
+    a = sim("a", Flavor.OLLAMA, tokens_per_second=20)
+    nexus = await start_nexus([a])
+    stream = await nexus.openai().chat.completions.create(
+        model="llama3:8b", messages=MESSAGES, stream=True
+    )
+    seen = 0
+    async for chunk in stream:
+        seen += sum(1 for c in chunk.choices if c.delta.content)
+        if seen == 2:
+            break
+    await stream.close()
+    with trio.fail_after(2):
+        await a.stats.disconnected.wait()
+    assert a.stats.completed == 0
+    assert await nexus.in_flight() == {"a": 0}
