@@ -35,3 +35,11 @@ def bench(session: nox.Session) -> None:
     """What Nexus adds to a request, measured on loopback (not part of CI)."""
     session.install(".")
     session.run("python", "benchmarks/bench_overhead.py", *session.posargs)
+
+
+@nox.session
+def soak(session: nox.Session) -> None:
+    """10 minutes, 100 clients, random faults in a simulated fleet; gates on loss and RSS
+    (not part of CI; `nox -s soak -- --quick` to try it)."""
+    session.install(".")
+    session.run("python", "benchmarks/soak.py", *session.posargs)

@@ -16,6 +16,7 @@ its message says what to do next::
     │   └── NotAServer              422  admin/discovery: nothing LLM-like answers there
     ├── AdminForbidden              403  admin API from elsewhere without the token
     ├── NoHealthyBackend            503  with Retry-After
+    │   └── ShuttingDown            503  shutting_down: Nexus is draining
     └── BackendError                502  one upstream attempt failed
         ├── BackendUnreachable      502  connect refused, reset, DNS
         ├── BackendTimeout          504  connect, first byte or stall deadline
@@ -53,6 +54,7 @@ __all__ = [
     "NoHealthyBackend",
     "NotAServer",
     "RequestError",
+    "ShuttingDown",
     "error_body",
 ]
 
@@ -159,6 +161,12 @@ class NoHealthyBackend(NexusError):
 
     def headers(self) -> list[tuple[str, str]]:
         return [("retry-after", str(self.retry_after_seconds))]
+
+
+class ShuttingDown(NoHealthyBackend):
+    """Nexus is draining: not here, not now (a 503 to a client, like no healthy backend)."""
+
+    code = "shutting_down"
 
 
 class BackendError(NexusError):

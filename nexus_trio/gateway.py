@@ -1,4 +1,5 @@
-"""What every request handler shares: settings, the registry, the upstream client."""
+"""What every request handler shares: settings, the registry, the upstream client,
+and the requests in flight (`nexus_trio.drain.Drain`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import TYPE_CHECKING
 import httpx
 
 from nexus_trio.config import Settings
+from nexus_trio.drain import Drain
 from nexus_trio.registry import Registry
 
 if TYPE_CHECKING:
@@ -23,9 +25,14 @@ class Gateway:
     registry: Registry
     client: httpx.AsyncClient
     started_at: float = field(default_factory=time.monotonic)
-    draining: bool = False  # set on the first shutdown signal: new requests get 503
     url: str = ""  # where the HTTP server listens, once it does
     fleet: Fleet | None = None  # adds and removes backends at run time (admin API)
+    drain: Drain = field(default_factory=Drain)  # requests in flight; shutdown
+
+    @property
+    def draining(self) -> bool:
+        """Set on the first shutdown signal: new requests get 503."""
+        return self.drain.draining
 
     @property
     def uptime_seconds(self) -> float:

@@ -14,9 +14,28 @@
 
 Tasks start in that order with ``nursery.start``, each reporting ready before
 the next begins, so the HTTP server opens on a registry that knows its
-models. On the first signal hypercorn stops accepting and in-flight requests
-get ``server.shutdown_grace_seconds`` to finish; then the root is cancelled. A
-second signal cancels at once.
+models.
+
+Shutdown (the first SIGINT/SIGTERM, or ``stop``), in this order:
+
+1. drain: the gateway's `Drain` refuses new chat requests (503, ``Retry-After``,
+   code ``shutting_down``) — on new connections and kept-alive ones alike, since
+   the server still accepts — and waits up to ``server.shutdown_grace_seconds``
+   for the requests in flight;
+2. cut: it cancels the requests still running; each ends its own response with
+   one SSE error event (or a 503 if nothing was sent yet), never mid-event;
+3. hypercorn's shutdown trigger fires only now: it stops accepting, closes idle
+   connections and waits (``graceful_timeout``) for what is left, which is no
+   chat stream, so it never cuts one; when it returns, the root is cancelled and
+   health, discovery and the fleet stop with it.
+
+A second signal cuts the requests in flight at once (each still gets its error
+event, within a couple of seconds) and cancels the root. Either way
+``serve_nexus`` returns normally, so ``nexus serve`` exits 0: a signal is how it
+is asked to stop, and every response it had begun was ended properly. (One
+thing can still hold the exit: hypercorn shields its socket writes, so a client
+that has stopped reading with its receive window full blocks its connection
+until it reads or goes away.)
 """
 
 from __future__ import annotations
@@ -36,6 +55,7 @@ from nexus_trio.api.app import make_app
 from nexus_trio.config import BackendType, Settings
 from nexus_trio.discovery import Found, run_discovery
 from nexus_trio.discovery.advertise import advertise, service_info_for
+from nexus_trio.drain import Drain
 from nexus_trio.fleet import Fleet, StateFile, default_state_path
 from nexus_trio.gateway import Gateway
 from nexus_trio.health import run_health
@@ -47,18 +67,23 @@ __all__ = ["serve_nexus"]
 
 log = logging.getLogger("nexus")
 
+# hypercorn's graceful_timeout, which starts after our drain: see _hypercorn_config.
+HTTP_CLOSE_SECONDS = 5.0
 
-async def stop_on_signal(stop: trio.Event, root: trio.CancelScope) -> None:
-    """First SIGINT/SIGTERM: graceful stop. Second: cancel everything now."""
+
+async def stop_on_signal(stop: trio.Event, drain: Drain, root: trio.CancelScope) -> None:
+    """First SIGINT/SIGTERM: graceful stop. Second: cut what is in flight, cancel everything."""
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for signum in signals:
             if not stop.is_set():
-                log.info(
-                    "%s: draining (a second signal stops at once)", signal.Signals(signum).name
-                )
+                log.debug("%s: stopping", signal.Signals(signum).name)
                 stop.set()
             else:
-                log.warning("second signal: stopping now")
+                log.warning(
+                    "second %s: stopping now; %d requests in flight cut",
+                    signal.Signals(signum).name,
+                    drain.cut(),
+                )
                 root.cancel()
                 return
 
@@ -69,7 +94,10 @@ def _hypercorn_config(settings: Settings) -> hypercorn.config.Config:
     config.bind = [
         f"[{host}]:{settings.server.port}" if ":" in host else f"{host}:{settings.server.port}"
     ]
-    config.graceful_timeout = settings.server.shutdown_grace_seconds
+    # hypercorn is told to stop only once our drain is over (see serve_nexus), so its
+    # own grace never cuts a chat stream; it bounds what is left by then: requests on
+    # the Quart routes and connections closing.
+    config.graceful_timeout = HTTP_CLOSE_SECONDS
     config.accesslog = None  # our request log says more, once per request
     config.errorlog = logging.getLogger("hypercorn.error")
     config.keep_alive_timeout = 75  # longer than common client pools keep idle sockets
@@ -109,7 +137,8 @@ async def serve_nexus(
 
     Reports the running `Gateway` (``gateway.url`` is where it listens) once it
     serves, and calls ``on_ready`` with it. ``stop`` lets an embedding program or
-    a test stop it the way a signal would.
+    a test stop it the way a signal would: it drains (see the module docstring),
+    then returns.
 
     Example::
 
@@ -122,12 +151,13 @@ async def serve_nexus(
         settings = replace(settings, discovery=replace(settings.discovery, interfaces=LOOPBACK))
     stop = trio.Event() if stop is None else stop
     backends = [Backend.from_settings(b, environ) for b in settings.backends]
+    drain = Drain()
     async with (
         open_upstream_client(settings.routing.timeouts.connect_seconds) as client,
         trio.open_nursery() as root,
     ):
         if handle_signals:
-            root.start_soon(stop_on_signal, stop, root.cancel_scope)
+            root.start_soon(stop_on_signal, stop, drain, root.cancel_scope)
         fleet_sims = demo_fleet() if settings.demo else []
         if fleet_sims:
             await root.start(serve_fleet, fleet_sims)
@@ -150,8 +180,9 @@ async def serve_nexus(
                 task_status=task_status,
             )
         )  # fmt: skip
-        gateway = Gateway(settings, registry, client, fleet=fleet)
-        binds = await root.start(_serve_http, gateway, stop, root.cancel_scope)
+        gateway = Gateway(settings, registry, client, fleet=fleet, drain=drain)
+        http_stop = trio.Event()  # hypercorn's shutdown trigger: set once we have drained
+        binds = await root.start(_serve_http, gateway, http_stop, root.cancel_scope)
         gateway.url = url = binds[0]
         log.info(
             "Nexus %s: %s backends, %s models; listening on %s",
@@ -164,14 +195,28 @@ async def serve_nexus(
             on_ready(gateway)
         task_status.started(gateway)
         await stop.wait()
-        gateway.draining = True
-        # hypercorn now drains in-flight requests (graceful_timeout); then _serve_http
-        # cancels the root.
+        grace = settings.server.shutdown_grace_seconds
+        began = trio.current_time()
+        log.info(
+            "draining: %d requests in flight, up to %g s to finish; new ones get 503%s",
+            drain.in_flight,
+            grace,
+            " (a second signal stops at once)" if handle_signals else "",
+        )
+        cut = await drain.drain(grace)
+        log.info(
+            "drained in %.1f s: %d requests cut at the grace deadline",
+            trio.current_time() - began,
+            cut,
+        )
+        http_stop.set()
+        # hypercorn stops accepting, waits for what is left and returns; then
+        # _serve_http cancels the root, and every other task stops with it.
 
 
 async def _serve_http(
     gateway: Gateway,
-    stop: trio.Event,
+    stop: trio.Event,  # hypercorn's shutdown trigger
     root: trio.CancelScope,
     *,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,

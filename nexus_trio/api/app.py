@@ -49,6 +49,11 @@ def make_quart_app(gateway: Gateway) -> QuartTrio:
     """Every route but chat completions."""
     app = QuartTrio("nexus_trio")
     app.config["MAX_CONTENT_LENGTH"] = gateway.settings.server.max_body_bytes
+    # Quart cuts every response, streams included, after RESPONSE_TIMEOUT (60 s), silently.
+    # Nothing here streams yet, but the dashboard will (SSE and WebSocket): responses end
+    # when they are done, or when a shutdown drains them. The chat route is plain ASGI
+    # (nexus_trio.api.chat) and never went through this timeout.
+    app.config["RESPONSE_TIMEOUT"] = None
     app.register_blueprint(make_admin_blueprint(gateway))
     registry = gateway.registry
     routing = gateway.settings.routing
@@ -76,7 +81,9 @@ def make_quart_app(gateway: Gateway) -> QuartTrio:
     async def health() -> Response:
         backends = registry.backends
         up = sum(b.routable for b in backends)
-        if backends and up == len(backends):
+        if gateway.draining:
+            status = "draining"  # load balancers: take this instance out now
+        elif backends and up == len(backends):
             status = "healthy"
         elif up:
             status = "degraded"
@@ -102,7 +109,7 @@ def make_quart_app(gateway: Gateway) -> QuartTrio:
         }
         response = jsonify(body)
         # 503 when nothing can serve: what load balancers and orchestrators look at.
-        response.status_code = 200 if status != "unhealthy" else 503
+        response.status_code = 200 if status in ("healthy", "degraded") else 503
         return response
 
     @app.errorhandler(NexusError)

@@ -10,7 +10,9 @@ Quart app (`nexus_trio.api.app`).
 
 The task layout per request: a nursery holding the proxy (in the handler's
 own task) and a watcher that cancels the nursery when ASGI reports
-``http.disconnect``.
+``http.disconnect``; around it, a cancel scope registered with the gateway's
+`Drain`, which a shutdown cuts at its grace deadline (the handler then ends the
+response with one error event of its own).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any
 
 import trio
 
-from nexus_trio.errors import BodyTooLarge, NexusError, NoHealthyBackend
+from nexus_trio.errors import BodyTooLarge, NexusError, ShuttingDown
 from nexus_trio.gateway import Gateway
 from nexus_trio.logs import log_request
 from nexus_trio.proxy.attempt import Attempt, Outcome
@@ -39,6 +41,10 @@ ASGISend = Any
 Scope = dict[str, Any]
 
 _MAX_REQUEST_ID = 128
+# How long a request the drain cut gets to write its last event and end.
+_CUT_WRITE_SECONDS = 2.0
+# ASGI sends shielded whole (see `handle_chat`): HTTP/1, where hypercorn shields the write.
+_SHIELDED_SEND_VERSIONS = frozenset({"1.0", "1.1"})
 
 
 def header_value(value: str) -> bytes:
@@ -131,9 +137,30 @@ class _DisconnectWatch:
 
 
 async def handle_chat(gateway: Gateway, scope: Scope, receive: ASGIReceive, send: ASGISend) -> None:
-    """Serve one chat completion request end to end (ASGI)."""
+    """Serve one chat completion request end to end (ASGI).
+
+    The work runs inside the gateway's `Drain`: once Nexus is draining, a new
+    request gets a 503 (``Retry-After``, code ``shutting_down``); one the drain
+    cuts at its grace deadline ends with one error event (or a 503 if nothing
+    was sent yet), never mid-event and never silently.
+    """
     request_id = request_id_of(scope)
-    downstream = ASGIDownstream(send)
+    if scope.get("http_version") in _SHIELDED_SEND_VERSIONS:
+
+        async def send_whole(message: dict[str, Any]) -> None:
+            # hypercorn shields its HTTP/1 socket write but not its bookkeeping just
+            # before it: a cancellation (the drain's cut, a client leaving) landing
+            # there would drop response headers h11 counts as sent. Shielded, each
+            # message goes out whole or not at all; the write itself could not be
+            # interrupted anyway.
+            with trio.CancelScope(shield=True):
+                await send(message)
+
+        downstream = ASGIDownstream(send_whole)
+    else:
+        # HTTP/2: hypercorn buffers each message whole before it may wait on the
+        # client's flow-control window, and that wait must stay cancellable.
+        downstream = ASGIDownstream(send)
     outcome = Outcome()
     settings = gateway.settings
     started = trio.current_time()
@@ -141,71 +168,117 @@ async def handle_chat(gateway: Gateway, scope: Scope, receive: ASGIReceive, send
     stream: bool | None = None
     error: NexusError | None = None
     watch = _DisconnectWatch()
+    work = gateway.drain.track()
     try:
-        async with trio.open_nursery() as nursery:
-            try:
-                body = await _read_body(scope, receive, settings.server.max_body_bytes)
-                if body is None:
-                    watch.gone = True
-                    return
-                nursery.start_soon(watch.run, receive, nursery.cancel_scope)
-                if gateway.draining:
-                    raise NoHealthyBackend("Nexus is shutting down; retry on another instance.")
-                chat = parse_chat_request(body)
-                requested, stream = chat.needs.model, chat.needs.stream
-                registry = gateway.registry
-                decision = plan_route(
-                    chat.needs, registry.backends, settings.routing, turn=registry.next_turn()
-                )
-                attempt = Attempt(
-                    gateway.client,
-                    registry,
-                    settings.routing.timeouts,
-                    request_id,
-                    downstream,
-                    outcome,
-                )
-                await forward_chat(attempt, chat, decision, settings.routing)
-            except NexusError as exc:
-                error = exc
-            except Exception:
-                # A bug of ours: log it, and still answer in the API's own shape.
-                log.exception("request %s failed inside Nexus", request_id)
-                error = NexusError(
-                    "Nexus failed to handle this request; this is a bug, please report it "
-                    "with the request id."
-                )
-            if error is not None:
-                if downstream.started:
-                    await downstream.send(sse_error_event(error.message, error.code or "error"))
-                else:
-                    await downstream.respond(
-                        error.status,
-                        [
-                            ("content-type", "application/json"),
-                            ("x-request-id", request_id),
-                            *error.headers(),
-                        ],
-                        error.to_json(),
+        with work:
+            async with trio.open_nursery() as nursery:
+                try:
+                    body = await _read_body(scope, receive, settings.server.max_body_bytes)
+                    if body is None:
+                        watch.gone = True
+                        return
+                    nursery.start_soon(watch.run, receive, nursery.cancel_scope)
+                    if gateway.draining:
+                        raise ShuttingDown(
+                            "Nexus is shutting down and takes no new requests; retry in a few "
+                            "seconds (another instance, or this one once it has restarted)."
+                        )
+                    chat = parse_chat_request(body)
+                    requested, stream = chat.needs.model, chat.needs.stream
+                    registry = gateway.registry
+                    decision = plan_route(
+                        chat.needs, registry.backends, settings.routing, turn=registry.next_turn()
                     )
-            await downstream.end()
-            nursery.cancel_scope.cancel()
+                    attempt = Attempt(
+                        gateway.client,
+                        registry,
+                        settings.routing.timeouts,
+                        request_id,
+                        downstream,
+                        outcome,
+                    )
+                    await forward_chat(attempt, chat, decision, settings.routing)
+                except NexusError as exc:
+                    error = exc
+                except Exception:
+                    # A bug of ours: log it, and still answer in the API's own shape.
+                    log.exception("request %s failed inside Nexus", request_id)
+                    error = NexusError(
+                        "Nexus failed to handle this request; this is a bug, please report it "
+                        "with the request id."
+                    )
+                if error is not None:
+                    if downstream.started:
+                        await downstream.send(sse_error_event(error.message, error.code or "error"))
+                    else:
+                        await downstream.respond(
+                            error.status,
+                            [
+                                ("content-type", "application/json"),
+                                ("x-request-id", request_id),
+                                *error.headers(),
+                            ],
+                            error.to_json(),
+                        )
+                await downstream.end()
+                nursery.cancel_scope.cancel()
     finally:
-        status = downstream.status or (499 if watch.gone else 0)
-        log_request(
-            {
-                "request_id": request_id,
-                "model": requested,
-                "served_model": outcome.model,
-                "backend": outcome.backend,
-                "status": status,
-                "stream": stream,
-                "attempts": outcome.attempts,
-                "failovers": len(outcome.failures),
-                "latency_ms": round((trio.current_time() - started) * 1000, 1),
-                "ttft_ms": None
-                if outcome.ttft_seconds is None
-                else round(outcome.ttft_seconds * 1000, 1),
-                "error": error.code if error is not None else outcome.error,
-            }
+        try:
+            if work.cut and not (downstream.ended or watch.gone):
+                # The drain cut it (the grace ran out, or a second signal): end the
+                # response properly, as a shutdown.
+                error = await _end_as_shutdown(downstream, request_id)
+        finally:
+            status = downstream.status or (499 if watch.gone else 0)
+            log_request(
+                {
+                    "request_id": request_id,
+                    "model": requested,
+                    "served_model": outcome.model,
+                    "backend": outcome.backend,
+                    "status": status,
+                    "stream": stream,
+                    "attempts": outcome.attempts,
+                    "failovers": len(outcome.failures),
+                    "mid_stream_failovers": outcome.mid_stream_failovers or None,
+                    "hedges": f"{outcome.hedges_won}/{outcome.hedges_started}"
+                    if outcome.hedges_started
+                    else None,
+                    "latency_ms": round((trio.current_time() - started) * 1000, 1),
+                    "ttft_ms": None
+                    if outcome.ttft_seconds is None
+                    else round(outcome.ttft_seconds * 1000, 1),
+                    "error": error.code if error is not None else outcome.error,
+                }
+            )
+
+
+async def _end_as_shutdown(downstream: ASGIDownstream, request_id: str) -> NexusError:
+    """One last error for a request the drain cut: an SSE event after the last whole
+    one if the stream has begun, else a 503. Shielded (a second signal cancels
+    everything around the handler) and bounded."""
+    if downstream.started:
+        error = ShuttingDown(
+            "Nexus is shutting down and could not finish this answer in time; it is "
+            "incomplete. Retry the request."
         )
+    else:
+        error = ShuttingDown(
+            "Nexus is shutting down and could not answer this request in time; retry in a "
+            "few seconds (another instance, or this one once it has restarted)."
+        )
+    with trio.move_on_after(_CUT_WRITE_SECONDS, shield=True):
+        if downstream.started:
+            await downstream.send(b"data: " + error.to_json() + b"\n\n")
+        else:
+            await downstream.respond(
+                error.status,
+                [
+                    ("content-type", "application/json"),
+                    ("x-request-id", request_id),
+                    *error.headers(),
+                ],
+                error.to_json(),
+            )
+        await downstream.end()
+    return error
