@@ -7,6 +7,7 @@ from typing import Any
 import openai
 import pytest
 import trio
+import trio.testing
 
 from nexus_trio.registry import Health
 from nexus_trio.testing._text import expected_answer
@@ -132,3 +133,27 @@ async def test_demoted_backend_returns_once_it_answers_again(start_nexus: Any) -
         await wait_for_health(events, "a", Health.HEALTHY)
     _, served_by = await ask(nexus.openai(), stream=False)
     assert served_by == "a"
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+async def test_a_backend_back_in_rotation_mid_request_is_tried(
+    start_nexus: Any, nursery: trio.Nursery, stream: bool
+) -> None:
+    nexus, a, _ = await start_a_then_b(start_nexus, health_check={"enabled": False})
+    registry = nexus.gateway.registry
+    registry.demote(registry.get("b"), "down when the request arrives")
+    a.faults.delay_before_headers_seconds = 0.2
+    a.faults.status = 500
+    result: list[tuple[str, str]] = []
+    answered = trio.Event()
+
+    async def request() -> None:
+        result.append(await ask(nexus.openai(), stream))
+        answered.set()
+
+    nursery.start_soon(request)
+    await trio.testing.wait_all_tasks_blocked(cushion=0.05)  # planned: only "a" was eligible
+    registry.revive(registry.get("b"))  # "b" answered its half-open probe meanwhile
+    with trio.fail_after(5):
+        await answered.wait()
+    assert result == [(expected_answer("llama3:8b", MESSAGES), "b")]

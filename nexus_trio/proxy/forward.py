@@ -41,6 +41,7 @@ from nexus_trio.errors import (
     BackendProtocolError,
     BackendStatus,
     BackendTimeout,
+    NexusError,
 )
 from nexus_trio.proxy.attempt import (
     Attempt,
@@ -53,7 +54,7 @@ from nexus_trio.proxy.streaming import OpenStream, open_stream, relay, sse_error
 from nexus_trio.proxy.tracker import StreamTracker, sse_comment
 from nexus_trio.proxy.upstream import backend_headers, translate_httpx_error
 from nexus_trio.routing.requirements import ChatRequest
-from nexus_trio.routing.router import Candidate, RouteDecision
+from nexus_trio.routing.router import Candidate, RouteDecision, plan_route
 
 __all__ = ["forward_chat"]
 
@@ -107,11 +108,16 @@ async def forward_chat(
     Raises:
         AllBackendsFailed: every attempt failed before anything reached the client.
     """
+    queue = CandidateQueue(
+        decision.candidates,
+        _replanner(attempt, chat, routing, lambda c: True),
+        routing.max_attempts,
+    )
     try:
         if chat.needs.stream:
-            await _stream_chat(attempt, chat, decision, routing)
+            await _stream_chat(attempt, chat, decision, routing, queue)
         else:
-            await _json_chat(attempt, chat, decision, routing.max_attempts)
+            await _json_chat(attempt, chat, decision, queue)
     except PassThrough as answer:
         attempt.outcome.served(answer.candidate, answer.status)
         await attempt.downstream.respond(
@@ -119,6 +125,58 @@ async def forward_chat(
             nexus_headers(answer.candidate, attempt.request_id, answer.content_type),
             answer.body,
         )
+
+
+class CandidateQueue:
+    """The candidates of one request, tried once each, at most ``budget`` of them.
+
+    When the planned ones run out, the route is planned again from the registry
+    as it is now: a backend that was out of rotation when the request arrived
+    may be back (its half-open probe answered) while the others failed.
+    """
+
+    def __init__(
+        self,
+        planned: Sequence[Candidate],
+        replan: Callable[[], Sequence[Candidate]],
+        budget: int,
+    ) -> None:
+        self._queue = list(planned)
+        self._replan: Callable[[], Sequence[Candidate]] | None = replan
+        self.budget = budget
+        self.tried: set[str] = set()
+
+    def next(self) -> Candidate | None:
+        """The next untried candidate, or None when there is none or the budget is spent."""
+        if self.budget <= 0:
+            return None
+        while True:
+            while self._queue:
+                candidate = self._queue.pop(0)
+                if candidate.backend.name not in self.tried:
+                    self.tried.add(candidate.backend.name)
+                    self.budget -= 1
+                    return candidate
+            if self._replan is None:
+                return None
+            self._queue, self._replan = list(self._replan()), None
+
+    def exclude(self, names: set[str]) -> None:
+        self.tried |= names
+
+
+def _replanner(
+    attempt: Attempt, chat: ChatRequest, routing: RoutingSettings, keep: Callable[[Candidate], bool]
+) -> Callable[[], Sequence[Candidate]]:
+    def replan() -> Sequence[Candidate]:
+        registry = attempt.registry
+        try:
+            decision = plan_route(chat.needs, registry.backends, routing, turn=registry.next_turn())
+        except NexusError:
+            return []
+        return [c for c in decision.candidates if keep(c)]
+
+    return replan
 
 
 def _failed(attempt: Attempt, candidate: Candidate, failure: BackendError) -> None:
@@ -129,9 +187,9 @@ def _failed(attempt: Attempt, candidate: Candidate, failure: BackendError) -> No
 
 
 async def _json_chat(
-    attempt: Attempt, chat: ChatRequest, decision: RouteDecision, max_attempts: int
+    attempt: Attempt, chat: ChatRequest, decision: RouteDecision, queue: CandidateQueue
 ) -> None:
-    for candidate in decision.candidates[:max_attempts]:
+    while (candidate := queue.next()) is not None:
         backend = candidate.backend
         attempt.outcome.attempts += 1
         backend.in_flight += 1
@@ -150,31 +208,32 @@ BodyFor = Callable[[Candidate], bytes]
 
 async def _open_first(
     attempt: Attempt,
-    candidates: Sequence[Candidate],
+    queue: CandidateQueue,
     body_for: BodyFor,
     hedge_after_ms: int | None,
     model: str,
 ) -> OpenStream:
-    """The first of ``candidates`` to produce a first token (failing over, maybe hedging).
+    """The first candidate from ``queue`` to produce a first token (failing over, maybe
+    hedging).
 
     Raises:
         AllBackendsFailed: none did.
         PassThrough: one refused the request itself.
     """
     if hedge_after_ms is None:
-        for candidate in candidates:
+        while (candidate := queue.next()) is not None:
             attempt.outcome.attempts += 1
             try:
                 return await open_stream(attempt, candidate, body_for(candidate))
             except BackendError as failure:
                 _failed(attempt, candidate, failure)
         raise AllBackendsFailed(model, attempt.outcome.failures)
-    return await _race(attempt, candidates, body_for, hedge_after_ms / 1000, model)
+    return await _race(attempt, queue, body_for, hedge_after_ms / 1000, model)
 
 
 async def _race(
     attempt: Attempt,
-    candidates: Sequence[Candidate],
+    queue: CandidateQueue,
     body_for: BodyFor,
     hedge_after: float,
     model: str,
@@ -182,10 +241,10 @@ async def _race(
     """`_open_first` with hedging: each runner is a sibling task in one nursery, and
     cancelling the nursery cancels every loser at once."""
     outcome = attempt.outcome
-    waiting = list(reversed(candidates))
     winner: OpenStream | None = None
     refused: PassThrough | None = None
     running = 0
+    more = True  # the queue may still have candidates
     failed_send, failed = trio.open_memory_channel[None](math.inf)
 
     async with trio.open_nursery() as nursery:
@@ -210,20 +269,22 @@ async def _race(
             nursery.cancel_scope.cancel()  # the losers stop now
 
         def launch(hedge: bool) -> None:
-            nonlocal running
-            candidate = waiting.pop()
+            nonlocal running, more
+            candidate = queue.next()
+            if candidate is None:
+                more = False
+                return
             outcome.attempts += 1
             outcome.hedges_started += hedge
             running += 1
             nursery.start_soon(run, candidate, hedge)
 
-        if waiting:
-            launch(hedge=False)
+        launch(hedge=False)
         while running:
-            with trio.move_on_after(hedge_after if waiting else math.inf) as timer:
+            with trio.move_on_after(hedge_after if more else math.inf) as timer:
                 await failed.receive()
                 running -= 1
-                if not running and waiting:
+                if not running:
                     launch(hedge=False)  # plain failover: nothing else is trying
             if timer.cancelled_caught:
                 launch(hedge=True)  # the ones trying are slow: start the next beside them
@@ -234,26 +295,24 @@ async def _race(
     raise AllBackendsFailed(model, outcome.failures)
 
 
-def _continuation_candidates(
-    decision: RouteDecision, current: Candidate, failed: set[str], mode: MidStream
-) -> list[Candidate]:
-    """Who may continue a stream: same model first; another model only if allowed."""
-    left = [c for c in decision.candidates
-            if c.backend.name not in failed and c.backend.routable]  # fmt: skip
-    same = [c for c in left if c.model == current.model]
+def _may_continue(current: Candidate, mode: MidStream) -> Callable[[Candidate], bool]:
+    """Who may continue a stream: the same model; another only if allowed."""
     if mode is MidStream.CONTINUE_ANY:
-        return same + [c for c in left if c.model != current.model]
-    return same
+        return lambda c: True
+    return lambda c: c.model == current.model
 
 
 async def _stream_chat(
-    attempt: Attempt, chat: ChatRequest, decision: RouteDecision, routing: RoutingSettings
+    attempt: Attempt,
+    chat: ChatRequest,
+    decision: RouteDecision,
+    routing: RoutingSettings,
+    queue: CandidateQueue,
 ) -> None:
     outcome, downstream = attempt.outcome, attempt.downstream
     stream = await _open_first(
-        attempt, decision.candidates[: routing.max_attempts],
-        lambda c: chat.body_for(c.model), routing.hedge_after_ms, decision.model,
-    )  # fmt: skip
+        attempt, queue, lambda c: chat.body_for(c.model), routing.hedge_after_ms, decision.model
+    )
     tracker = StreamTracker()
     failed: set[str] = set()
     try:
@@ -301,22 +360,29 @@ async def _continue(
         why_not = f"it had already switched backends {outcome.mid_stream_failovers} times"
     elif chat.payload.get("n", 1) not in (1, None):
         why_not = "continuation supports one choice (n = 1) only"
-    candidates = [] if why_not else _continuation_candidates(
-        decision, current, failed, routing.mid_stream
-    )  # fmt: skip
-    if not why_not and not candidates:
-        why_not = "no other backend could continue it"
     stream = None
     if not why_not:
+        # Same model first: the planned order already puts fallback models last.
+        keep = _may_continue(current, routing.mid_stream)
+        queue = CandidateQueue(
+            [c for c in decision.candidates if keep(c) and c.backend.routable],
+            _replanner(attempt, chat, routing, keep),
+            routing.max_attempts,
+        )
+        queue.exclude(failed)
         payload, prefill, produced = chat.payload, tracker.text, tracker.content_chunks
         try:
             stream = await _open_first(
-                attempt, candidates,
+                attempt, queue,
                 lambda c: continuation_body(payload, c.backend.type, c.model, prefill, produced),
                 routing.hedge_after_ms, decision.model,
             )  # fmt: skip
         except AllBackendsFailed:
-            why_not = "every backend that could continue it failed too"
+            why_not = (
+                "every backend that could continue it failed too"
+                if queue.tried - failed
+                else "no other backend could continue it"
+            )
         except PassThrough as answer:
             why_not = f"the next backend refused to continue it (HTTP {answer.status})"
     if stream is None:
