@@ -28,7 +28,6 @@ from nexus_trio.gateway import Gateway
 from nexus_trio.logs import log_request
 from nexus_trio.proxy.attempt import Attempt, Outcome
 from nexus_trio.proxy.forward import forward_chat
-from nexus_trio.proxy.streaming import sse_error_event
 from nexus_trio.routing.requirements import parse_chat_request
 from nexus_trio.routing.router import plan_route
 
@@ -208,18 +207,7 @@ async def handle_chat(gateway: Gateway, scope: Scope, receive: ASGIReceive, send
                         "with the request id."
                     )
                 if error is not None:
-                    if downstream.started:
-                        await downstream.send(sse_error_event(error.message, error.code or "error"))
-                    else:
-                        await downstream.respond(
-                            error.status,
-                            [
-                                ("content-type", "application/json"),
-                                ("x-request-id", request_id),
-                                *error.headers(),
-                            ],
-                            error.to_json(),
-                        )
+                    await _answer_error(downstream, error, request_id)
                 await downstream.end()
                 nursery.cancel_scope.cancel()
     finally:
@@ -268,17 +256,16 @@ async def _end_as_shutdown(downstream: ASGIDownstream, request_id: str) -> Nexus
             "few seconds (another instance, or this one once it has restarted)."
         )
     with trio.move_on_after(_CUT_WRITE_SECONDS, shield=True):
-        if downstream.started:
-            await downstream.send(b"data: " + error.to_json() + b"\n\n")
-        else:
-            await downstream.respond(
-                error.status,
-                [
-                    ("content-type", "application/json"),
-                    ("x-request-id", request_id),
-                    *error.headers(),
-                ],
-                error.to_json(),
-            )
+        await _answer_error(downstream, error, request_id)
         await downstream.end()
     return error
+
+
+async def _answer_error(downstream: ASGIDownstream, error: NexusError, request_id: str) -> None:
+    """The error as the client can still hear it: one SSE event once a stream has begun,
+    else an OpenAI-shaped JSON response with the error's status."""
+    if downstream.started:
+        await downstream.send(b"data: " + error.to_json() + b"\n\n")
+        return
+    headers = [("content-type", "application/json"), ("x-request-id", request_id)]
+    await downstream.respond(error.status, [*headers, *error.headers()], error.to_json())
