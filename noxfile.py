@@ -43,3 +43,18 @@ def soak(session: nox.Session) -> None:
     (not part of CI; `nox -s soak -- --quick` to try it)."""
     session.install(".")
     session.run("python", "benchmarks/soak.py", *session.posargs)
+
+
+@nox.session
+def integration(session: nox.Session) -> None:
+    """Against two real llama.cpp servers running SmolLM2 (builds llama-server once, ~7 min)."""
+    session.install(".[test]")
+    output = session.run(
+        "python", "tests/integration/llama_server.py", silent=True, success_codes=[0, 3]
+    )
+    found = dict(
+        line.split("=", 1) for line in str(output).splitlines() if line.startswith("LLAMA_")
+    )
+    if "LLAMA_SERVER_BIN" not in found:
+        session.skip(str(output).strip().splitlines()[-1])
+    session.run("pytest", "tests/integration", "-m", "integration", *session.posargs, env=found)

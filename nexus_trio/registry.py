@@ -13,6 +13,7 @@ backend's fields directly.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import math
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -45,6 +46,8 @@ __all__ = [
 # first of them in this order names it and sets its priority.
 Source = Literal["config", "admin", "demo", "mdns", "probe"]
 SOURCE_PRECEDENCE: tuple[Source, ...] = ("config", "admin", "demo", "mdns", "probe")
+
+log = logging.getLogger("nexus.registry")
 
 # Smoothing factor for the time-to-first-token average: a new sample moves it
 # a fifth of the way, so one slow answer does not bury a fast backend.
@@ -317,6 +320,8 @@ class Registry:
 
     def demote(self, backend: Backend, reason: str) -> None:
         """A request to this backend just failed: no new requests until it answers a probe."""
+        if backend.health is not Health.UNHEALTHY:
+            log.warning("backend %s is out of rotation: %s", backend.name, reason)
         backend.consecutive_successes = 0
         self._set_health(backend, Health.UNHEALTHY, reason)
         backend.recovery_wanted.set()

@@ -1,0 +1,115 @@
+"""The parts the integration tests share: llama-server and nexus processes."""
+
+from __future__ import annotations
+
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+ALIAS = "smollm2"
+CONTEXT = 4096
+PARALLEL = 2
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _wait(url: str, ok: object, what: str, within: float = 60) -> None:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            response = httpx.get(url, timeout=2)
+            if ok(response):  # type: ignore[operator]
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"{what} did not come up within {within:g} s")
+
+
+@dataclass
+class LlamaServer:
+    """One llama-server process on loopback, which a test may kill and restart."""
+
+    binary: Path
+    model: Path
+    port: int = field(default_factory=_free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [str(self.binary), "-m", str(self.model), "--alias", ALIAS, "--host", "127.0.0.1",
+             "--port", str(self.port), "-c", str(CONTEXT), "--parallel", str(PARALLEL),
+             "-t", "1"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        _wait(
+            self.url + "/health",
+            lambda r: r.status_code == 200 and r.json().get("status") == "ok",
+            f"llama-server on port {self.port}",
+        )
+
+    def kill(self) -> None:
+        """SIGKILL: no goodbye, no closing of connections in flight."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(10)
+
+    def ensure_running(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            self.start()
+
+
+class NexusProcess:
+    """`nexus serve` as users run it, with its log read as it comes."""
+
+    def __init__(self, config: Path) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "nexus_trio", "serve", "--config", str(config)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        self.log = ""
+        self._lock = threading.Condition()
+        threading.Thread(target=self._pump, daemon=True).start()
+        self.url = self.wait_for(r"listening on (http://\S+)").group(1)
+
+    def _pump(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            with self._lock:
+                self.log += line.decode(errors="replace")
+                self._lock.notify_all()
+
+    def wait_for(self, pattern: str, within: float = 30, after: int = 0) -> re.Match[str]:
+        deadline = time.monotonic() + within
+        with self._lock:
+            while (match := re.compile(pattern).search(self.log, after)) is None:
+                left = deadline - time.monotonic()
+                if left <= 0 or self.process.poll() is not None:
+                    raise AssertionError(f"nexus never logged {pattern!r}:\n{self.log[-3000:]}")
+                self._lock.wait(left)
+        return match
+
+    def stop(self) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait()
