@@ -86,7 +86,8 @@ class NexusProcess:
         )  # fmt: skip
         self.log = ""
         self._lock = threading.Condition()
-        threading.Thread(target=self._pump, daemon=True).start()
+        self._pumping = threading.Thread(target=self._pump, daemon=True)
+        self._pumping.start()
         self.url = self.wait_for(r"listening on (http://\S+)").group(1)
 
     def _pump(self) -> None:
@@ -109,7 +110,11 @@ class NexusProcess:
     def stop(self) -> int:
         self.process.send_signal(signal.SIGTERM)
         try:
-            return self.process.wait(20)
+            code = self.process.wait(20)
         except subprocess.TimeoutExpired:
             self.process.kill()
-            return self.process.wait()
+            code = self.process.wait()
+        self._pumping.join(5)  # the log is read to its end
+        assert self.process.stderr is not None
+        self.process.stderr.close()
+        return code
