@@ -433,7 +433,7 @@ def _config(fleet: dict[str, Any], port: int, args: argparse.Namespace) -> str:
         "[health_check]",
         "enabled = true",
         f"interval_seconds = {args.health_interval}",
-        "timeout_seconds = 1.0",
+        "timeout_seconds = 2.0",
         "[logging]",
         'level = "warning"',
         "[routing]",
