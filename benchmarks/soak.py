@@ -719,7 +719,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     add("--warmup", type=float, default=None, help="seconds before the start RSS (30; quick 5)")
     add("--stream-share", type=float, default=0.7, help="fraction of requests streamed")
     add("--flavors", default="ollama,vllm,llamacpp,vllm", help="one backend per flavour")
-    add("--tokens-per-second", type=float, default=200.0)
+    add("--tokens-per-second", type=float, default=25.0, help="a local LLM's pace")
     add("--fault-every", type=float, default=3.0, help="mean seconds between faults")
     add("--fault-min", type=float, default=1.0, help="shortest fault, seconds")
     add("--fault-max", type=float, default=6.0, help="longest fault, seconds")
