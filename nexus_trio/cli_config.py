@@ -89,6 +89,9 @@ DESCRIPTIONS: Final[Mapping[str, str]] = {
         "continue_any (a fallback model too) or error."
     ),
     "routing.max_mid_stream_failovers": "Continuations on another backend allowed per stream.",
+    "routing.wait_for_backend_seconds": (
+        "With every backend of the model out of rotation, wait this long for one to return."
+    ),
     "routing.hedge_after_ms": (
         "Start the next backend beside one with no first token after this long; unset: off."
     ),

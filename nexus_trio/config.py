@@ -498,6 +498,9 @@ class RoutingSettings:
     # Off when unset: start the next candidate beside a first one that has not
     # produced its first token after this long; the first to do so wins.
     hedge_after_ms: int | None = field(default=None, metadata=_meta(_Optional(_AT_LEAST_ONE)))
+    # When every backend of the model is out of rotation, a request waits this long for
+    # one to come back (a half-open probe answers within a second or two) before its 503.
+    wait_for_backend_seconds: float = field(default=2.0, metadata=_meta(_Float(0, above=False)))
     aliases: Mapping[str, str] = field(
         default_factory=dict, metadata=_meta(_Map(_Str(), what="alias name"))
     )

@@ -16,6 +16,7 @@ its message says what to do next::
     │   └── NotAServer              422  admin/discovery: nothing LLM-like answers there
     ├── AdminForbidden              403  admin API from elsewhere without the token
     ├── NoHealthyBackend            503  with Retry-After
+    │   ├── BackendsBusy            503  backends_busy: all at max_concurrency
     │   └── ShuttingDown            503  shutting_down: Nexus is draining
     └── BackendError                502  one upstream attempt failed
         ├── BackendUnreachable      502  connect refused, reset, DNS
@@ -45,6 +46,7 @@ __all__ = [
     "BackendStatus",
     "BackendTimeout",
     "BackendUnreachable",
+    "BackendsBusy",
     "BodyTooLarge",
     "ConfigError",
     "ContextLengthExceeded",
@@ -161,6 +163,15 @@ class NoHealthyBackend(NexusError):
 
     def headers(self) -> list[tuple[str, str]]:
         return [("retry-after", str(self.retry_after_seconds))]
+
+
+class BackendsBusy(NoHealthyBackend):
+    """Every backend that could serve the request is at its max_concurrency."""
+
+    code = "backends_busy"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retry_after_seconds=1)
 
 
 class ShuttingDown(NoHealthyBackend):

@@ -81,6 +81,8 @@ def nexus_config(
     config: dict[str, Any] = {
         "server": {"host": "127.0.0.1", "port": 0},
         "discovery": {"enabled": False, "interfaces": ["127.0.0.1"]},
+        # Answer "no healthy backend" at once: tests/test_patience.py covers the wait.
+        "routing": {"wait_for_backend_seconds": 0},
         "backends": [
             {"name": b.name, "url": b.url, "type": b.flavor.value, **options.get(b.name, {})}
             for b in backends

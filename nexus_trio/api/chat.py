@@ -28,8 +28,8 @@ from nexus_trio.gateway import Gateway
 from nexus_trio.logs import log_request
 from nexus_trio.proxy.attempt import Attempt, Outcome
 from nexus_trio.proxy.forward import forward_chat
+from nexus_trio.routing.patience import plan_route_patiently
 from nexus_trio.routing.requirements import parse_chat_request
-from nexus_trio.routing.router import plan_route
 
 __all__ = ["ASGIDownstream", "handle_chat", "header_value", "request_id_of"]
 
@@ -185,9 +185,7 @@ async def handle_chat(gateway: Gateway, scope: Scope, receive: ASGIReceive, send
                     chat = parse_chat_request(body)
                     requested, stream = chat.needs.model, chat.needs.stream
                     registry = gateway.registry
-                    decision = plan_route(
-                        chat.needs, registry.backends, settings.routing, turn=registry.next_turn()
-                    )
+                    decision = await plan_route_patiently(chat.needs, registry, settings.routing)
                     attempt = Attempt(
                         gateway.client,
                         registry,

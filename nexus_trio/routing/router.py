@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from nexus_trio.config import RoutingSettings, Strategy
 from nexus_trio.errors import (
+    BackendsBusy,
     ContextLengthExceeded,
     ModelCannotServe,
     ModelNotFound,
@@ -28,7 +29,7 @@ from nexus_trio.errors import (
 from nexus_trio.registry import Backend, Capability
 from nexus_trio.routing.requirements import Requirements
 
-__all__ = ["Candidate", "RouteDecision", "plan_route", "rank"]
+__all__ = ["Candidate", "RouteDecision", "nearest_models", "plan_route", "rank"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,10 +127,9 @@ def _why_none(model: str, serving: Sequence[Backend], needs: Requirements) -> Ne
     reasons = {_incapability(b, model, needs) for b in routable}
     if None in reasons:
         # Some backend could serve it and is only busy: that passes, so say retry.
-        return NoHealthyBackend(
+        return BackendsBusy(
             f"Every backend that can serve this request for {model!r} is at its "
-            "max_concurrency. Retry shortly.",
-            retry_after_seconds=1,
+            "max_concurrency. Retry shortly."
         )
     if "context" in reasons:
         longest = max(
