@@ -58,3 +58,20 @@ async def test_busy_is_answered_at_once(start_nexus: Any, nursery: trio.Nursery)
     assert response.status_code == 503
     assert response.json()["error"]["code"] == "backends_busy"
     assert response.headers["retry-after"] == "1"
+
+
+async def test_when_the_last_candidate_fails_one_coming_back_serves(start_nexus: Any) -> None:
+    a, b = sim("a"), sim("b")
+    nexus = await start_nexus(
+        [a, b],
+        routing={"wait_for_backend_seconds": 5, "strategy": "priority"},
+        backend_options={"a": {"priority": 1}, "b": {"priority": 2}},
+        health_check={"recovery_threshold": 1},
+    )
+    registry = nexus.gateway.registry
+    registry.demote(registry.get("b"), "failed a moment ago")  # back after its probe, in 0.5 s
+    a.faults.status = 500  # the only candidate in rotation fails at once
+    with trio.fail_after(4):
+        response = await nexus.http.post("/v1/chat/completions", json=HELLO)
+    assert response.status_code == 200
+    assert response.headers["x-nexus-backend"] == "b"

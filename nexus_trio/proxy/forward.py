@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import httpx
 import trio
@@ -53,6 +53,7 @@ from nexus_trio.proxy.continuation import continuation_body, may_echo
 from nexus_trio.proxy.streaming import OpenStream, open_stream, relay, sse_error_event
 from nexus_trio.proxy.tracker import StreamTracker, sse_comment
 from nexus_trio.proxy.upstream import backend_headers, translate_httpx_error
+from nexus_trio.routing.patience import wait_for_rotation
 from nexus_trio.routing.requirements import ChatRequest
 from nexus_trio.routing.router import Candidate, RouteDecision, plan_route
 
@@ -127,39 +128,37 @@ async def forward_chat(
         )
 
 
+Replan = Callable[[set[str]], Awaitable[Sequence[Candidate]]]
+
+
 class CandidateQueue:
     """The candidates of one request, tried once each, at most ``budget`` of them.
 
     When the planned ones run out, the route is planned again from the registry
-    as it is now: a backend that was out of rotation when the request arrived
-    may be back (its half-open probe answered) while the others failed.
+    as it is now — waiting a moment (``routing.wait_for_backend_seconds``) if
+    nothing is in rotation — since a backend that was out when the request
+    arrived may be back (its half-open probe answered) while the others failed.
     """
 
-    def __init__(
-        self,
-        planned: Sequence[Candidate],
-        replan: Callable[[], Sequence[Candidate]],
-        budget: int,
-    ) -> None:
+    def __init__(self, planned: Sequence[Candidate], replan: Replan, budget: int) -> None:
         self._queue = list(planned)
-        self._replan: Callable[[], Sequence[Candidate]] | None = replan
+        self._replan = replan
         self.budget = budget
         self.tried: set[str] = set()
 
-    def next(self) -> Candidate | None:
+    async def next(self) -> Candidate | None:
         """The next untried candidate, or None when there is none or the budget is spent."""
-        if self.budget <= 0:
-            return None
-        while True:
+        while self.budget > 0:
             while self._queue:
                 candidate = self._queue.pop(0)
                 if candidate.backend.name not in self.tried:
                     self.tried.add(candidate.backend.name)
                     self.budget -= 1
                     return candidate
-            if self._replan is None:
+            self._queue = list(await self._replan(self.tried))
+            if not self._queue:
                 return None
-            self._queue, self._replan = list(self._replan()), None
+        return None
 
     def exclude(self, names: set[str]) -> None:
         self.tried |= names
@@ -167,14 +166,21 @@ class CandidateQueue:
 
 def _replanner(
     attempt: Attempt, chat: ChatRequest, routing: RoutingSettings, keep: Callable[[Candidate], bool]
-) -> Callable[[], Sequence[Candidate]]:
-    def replan() -> Sequence[Candidate]:
-        registry = attempt.registry
+) -> Replan:
+    registry = attempt.registry
+
+    def untried(tried: set[str]) -> list[Candidate]:
         try:
             decision = plan_route(chat.needs, registry.backends, routing, turn=registry.next_turn())
         except NexusError:
             return []
-        return [c for c in decision.candidates if keep(c)]
+        return [c for c in decision.candidates if keep(c) and c.backend.name not in tried]
+
+    async def replan(tried: set[str]) -> Sequence[Candidate]:
+        def look() -> list[Candidate] | None:
+            return untried(tried) or None
+
+        return await wait_for_rotation(registry, look, routing.wait_for_backend_seconds) or []
 
     return replan
 
@@ -189,7 +195,7 @@ def _failed(attempt: Attempt, candidate: Candidate, failure: BackendError) -> No
 async def _json_chat(
     attempt: Attempt, chat: ChatRequest, decision: RouteDecision, queue: CandidateQueue
 ) -> None:
-    while (candidate := queue.next()) is not None:
+    while (candidate := await queue.next()) is not None:
         backend = candidate.backend
         attempt.outcome.attempts += 1
         backend.in_flight += 1
@@ -221,7 +227,7 @@ async def _open_first(
         PassThrough: one refused the request itself.
     """
     if hedge_after_ms is None:
-        while (candidate := queue.next()) is not None:
+        while (candidate := await queue.next()) is not None:
             attempt.outcome.attempts += 1
             try:
                 return await open_stream(attempt, candidate, body_for(candidate))
@@ -268,9 +274,9 @@ async def _race(
             outcome.hedges_won += hedge
             nursery.cancel_scope.cancel()  # the losers stop now
 
-        def launch(hedge: bool) -> None:
+        async def launch(hedge: bool) -> None:
             nonlocal running, more
-            candidate = queue.next()
+            candidate = await queue.next()
             if candidate is None:
                 more = False
                 return
@@ -279,15 +285,15 @@ async def _race(
             running += 1
             nursery.start_soon(run, candidate, hedge)
 
-        launch(hedge=False)
+        await launch(hedge=False)
         while running:
             with trio.move_on_after(hedge_after if more else math.inf) as timer:
                 await failed.receive()
                 running -= 1
                 if not running:
-                    launch(hedge=False)  # plain failover: nothing else is trying
+                    await launch(hedge=False)  # plain failover: nothing else is trying
             if timer.cancelled_caught:
-                launch(hedge=True)  # the ones trying are slow: start the next beside them
+                await launch(hedge=True)  # the ones trying are slow: start the next beside them
     if winner is not None:
         return winner
     if refused is not None:

@@ -2,8 +2,8 @@
 
 A backend taken out by a failed request gets a half-open probe within half a
 second, and most come back within a second or two: a request arriving in that
-gap is better served a moment late than refused. So when `plan_route` finds
-backends for the model but none routable, the request waits — for a health
+gap (or whose last candidate just failed) is better served a moment late than
+refused. So when nothing is in rotation, the request waits — for a health
 change in the registry, at most ``routing.wait_for_backend_seconds`` — and
 plans again. Everything else (an unknown model, a busy fleet, a request no
 backend can take) is answered at once.
@@ -12,6 +12,8 @@ backend can take) is answered at once.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import TypeVar
 
 import trio
 
@@ -21,7 +23,26 @@ from nexus_trio.registry import Registry
 from nexus_trio.routing.requirements import Requirements
 from nexus_trio.routing.router import RouteDecision, plan_route
 
-__all__ = ["plan_route_patiently"]
+__all__ = ["plan_route_patiently", "wait_for_rotation"]
+
+T = TypeVar("T")
+
+
+async def wait_for_rotation(
+    registry: Registry, look: Callable[[], T | None], seconds: float
+) -> T | None:
+    """``look()`` now, and again at each backend coming back into rotation, for up to
+    ``seconds``; its first answer that is not None, or None."""
+    # Subscribed before the first look, so a backend that returns in between is not missed.
+    with registry.subscribe(buffer=math.inf) as changes:
+        if (found := look()) is not None:
+            return found
+        with trio.move_on_after(seconds):
+            async for event in changes:
+                back = event.kind == "health" and event.detail != "unhealthy"
+                if back and (found := look()) is not None:
+                    return found
+    return None
 
 
 async def plan_route_patiently(
@@ -32,18 +53,18 @@ async def plan_route_patiently(
 
     Raises what `plan_route` raises, once the wait is over.
     """
-    try:
-        return plan_route(needs, registry.backends, routing, turn=registry.next_turn())
-    except NoHealthyBackend as exc:
-        if routing.wait_for_backend_seconds <= 0 or isinstance(exc, BackendsBusy):
-            raise  # no waiting wanted, or only busy (max_concurrency): answer now
-        refused = exc
-    changes = registry.subscribe(buffer=math.inf)
-    with changes, trio.move_on_after(routing.wait_for_backend_seconds):
-        async for event in changes:
-            if event.kind == "health" and event.detail != "unhealthy":
-                try:
-                    return plan_route(needs, registry.backends, routing, turn=registry.next_turn())
-                except NoHealthyBackend as exc:
-                    refused = exc
-    raise refused
+    refused: list[NoHealthyBackend] = []
+
+    def look() -> RouteDecision | None:
+        try:
+            return plan_route(needs, registry.backends, routing, turn=registry.next_turn())
+        except NoHealthyBackend as exc:
+            if isinstance(exc, BackendsBusy) or routing.wait_for_backend_seconds <= 0:
+                raise  # busy is not down, and no waiting was wanted: answer now
+            refused.append(exc)
+            return None
+
+    decision = await wait_for_rotation(registry, look, routing.wait_for_backend_seconds)
+    if decision is None:
+        raise refused[-1]
+    return decision
