@@ -285,7 +285,9 @@ class Fleet:
         with trio.CancelScope() as scope:
             self._forget[backend.name] = scope
             await trio.sleep(self.settings.discovery.grace_period_seconds)
-            if not backend.sources and backend.name in self.registry:
+            # By identity: a backend removed meanwhile may have a successor of its name.
+            current = self.registry.get(backend.name) if backend.name in self.registry else None
+            if not backend.sources and current is backend:
                 self._drop(backend.name)
                 log.info("forgot backend %s: gone for the grace period", backend.name)
         if self._forget.get(backend.name) is scope:
