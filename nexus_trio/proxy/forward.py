@@ -160,9 +160,6 @@ class CandidateQueue:
                 return None
         return None
 
-    def exclude(self, names: set[str]) -> None:
-        self.tried |= names
-
 
 def _replanner(
     attempt: Attempt, chat: ChatRequest, routing: RoutingSettings, keep: Callable[[Candidate], bool]
@@ -320,7 +317,6 @@ async def _stream_chat(
         attempt, queue, lambda c: chat.body_for(c.model), routing.hedge_after_ms, decision.model
     )
     tracker = StreamTracker()
-    failed: set[str] = set()
     try:
         # The commit point: from here on the client has seen this backend.
         candidate = stream.candidate
@@ -334,10 +330,9 @@ async def _stream_chat(
         )  # fmt: skip
         while (failure := await relay(stream, tracker, attempt)) is not None:
             _failed(attempt, stream.candidate, failure)
-            failed.add(stream.candidate.backend.name)
             await stream.aclose()
             next_stream = await _continue(attempt, chat, decision, routing, tracker,
-                                          stream.candidate, failed, failure)  # fmt: skip
+                                          stream.candidate, failure)  # fmt: skip
             if next_stream is None:
                 return
             stream = next_stream
@@ -354,7 +349,6 @@ async def _continue(
     routing: RoutingSettings,
     tracker: StreamTracker,
     current: Candidate,
-    failed: set[str],
     failure: BackendError,
 ) -> OpenStream | None:
     """Open the stream that continues a failed one, or end it with an error event."""
@@ -375,7 +369,8 @@ async def _continue(
             _replanner(attempt, chat, routing, keep),
             routing.max_attempts,
         )
-        queue.exclude(failed)
+        # No exclusion of the backends that failed earlier in this request: they are out
+        # of rotation until a probe brings them back, and a long answer may outlive that.
         payload, prefill, produced = chat.payload, tracker.text, tracker.content_chunks
         try:
             stream = await _open_first(
@@ -386,7 +381,7 @@ async def _continue(
         except AllBackendsFailed:
             why_not = (
                 "every backend that could continue it failed too"
-                if queue.tried - failed
+                if queue.tried
                 else "no other backend could continue it"
             )
         except PassThrough as answer:
