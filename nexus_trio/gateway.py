@@ -28,6 +28,8 @@ class Gateway:
     url: str = ""  # where the HTTP server listens, once it does
     fleet: Fleet | None = None  # adds and removes backends at run time (admin API)
     drain: Drain = field(default_factory=Drain)  # requests in flight; shutdown
+    # Chat requests, failovers (before the first token and mid-stream), hedges started/won.
+    totals: dict[str, int] = field(default_factory=dict)
 
     @property
     def draining(self) -> bool:

@@ -246,6 +246,9 @@ async def test_two_failures_two_continuations(start_nexus: Any) -> None:
     got = await stream_raw(nexus, {"model": "llama3:8b", "messages": MESSAGES, "stream": True})
     assert_seamless(got)
     assert got.comments == ["nexus failover from a to b", "nexus failover from b to c"]
+    await nexus.settled()
+    totals = (await nexus.health())["totals"]
+    assert (totals["requests"], totals["mid_stream_failovers"], totals["failovers"]) == (1, 2, 2)
 
 
 async def test_client_leaving_during_a_continuation_cancels_it(start_nexus: Any) -> None:
@@ -278,7 +281,9 @@ async def test_a_hedge_wins_against_a_slow_first_token(start_nexus: Any) -> None
     with trio.fail_after(2):
         await a.stats.disconnected.wait()  # the loser was cancelled at once
     assert await nexus.in_flight() == {"a": 0, "b": 0}
-    assert (await nexus.health())["backends"]["a"]["status"] == "healthy"  # slow is not down
+    health = await nexus.health()
+    assert health["backends"]["a"]["status"] == "healthy"  # slow is not down
+    assert health["totals"]["hedges_started"] == health["totals"]["hedges_won"] == 1
 
 
 async def test_no_hedge_when_the_first_answers_in_time(start_nexus: Any) -> None:

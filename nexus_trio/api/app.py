@@ -106,6 +106,7 @@ def make_quart_app(gateway: Gateway) -> QuartTrio:
             "models": len(registry.model_ids()),
             "uptime_seconds": round(gateway.uptime_seconds, 3),
             "version": __version__,
+            "totals": gateway.totals,
         }
         response = jsonify(body)
         # 503 when nothing can serve: what load balancers and orchestrators look at.

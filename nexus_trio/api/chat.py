@@ -215,6 +215,7 @@ async def handle_chat(gateway: Gateway, scope: Scope, receive: ASGIReceive, send
                 # response properly, as a shutdown.
                 error = await _end_as_shutdown(downstream, request_id)
         finally:
+            outcome.add_to(gateway.totals)
             status = downstream.status or (499 if watch.gone else 0)
             log_request(
                 {

@@ -64,6 +64,17 @@ class Outcome:
     hedges_started: int = 0
     hedges_won: int = 0
 
+    def add_to(self, totals: dict[str, int]) -> None:
+        """Count this request in running totals (the ones ``/health`` shows)."""
+        totals["requests"] = totals.get("requests", 0) + 1
+        for key, value in (
+            ("failovers", len(self.failures)),
+            ("mid_stream_failovers", self.mid_stream_failovers),
+            ("hedges_started", self.hedges_started),
+            ("hedges_won", self.hedges_won),
+        ):
+            totals[key] = totals.get(key, 0) + value
+
     def served(self, candidate: Candidate, status: int) -> None:
         """``candidate`` answered the client with ``status``."""
         self.backend, self.model, self.status = candidate.backend.name, candidate.model, status
