@@ -6,58 +6,66 @@ a trio run with real loopback sockets. Bridging each rule into a long-lived trio
 (``trio.from_thread``) would make every rule a cross-thread round trip and share one event
 loop, one registry and one set of sockets between examples, so a failure could depend on
 what earlier examples left behind. Instead each example is a *program*: hypothesis draws a
-fleet (token rates, routing strategy, hedging on or off) and a list of steps — the rules of
-the machine — and one fresh ``trio.run`` interprets them, in front of a fresh fleet. The
-interpreter is the model: it knows which backend is faulted, refusing, registered, or
-serving the model, and it checks the invariants after every step. Shrinking works on the
-step list as it would on rule sequences, and the failing program is printed whole.
+fleet (token rates, routing strategy, hedging, waiting for a backend) and a list of steps
+— the rules of the machine — and one fresh ``trio.run`` interprets them in front of a fresh
+fleet. The interpreter is the model: it knows which backend is faulted, refusing,
+registered (and by which sources) or serving the model, and it checks the invariants after
+every step. Shrinking works on the step list as on rule sequences; the failing program is
+printed whole, with what each step struck (``note``).
 
 The fleet: ``a`` (Ollama), ``b`` (vLLM) and ``c`` (llama.cpp) are configured; ``d`` and
 ``e`` run from the start but reach Nexus only when a step announces them over "mDNS"
 (``Fleet.admit(Found("mdns", ...))``, as the browser would). All serve ``llama3:8b``.
 
-Steps: a request, or 2–5 at once (streamed or not, temperature 0); a fault injected into
-one backend (HTTP 500/503/429, a delay past the first-token deadline, dying, stalling or an
-in-band error after K chunks, a malformed answer); refusing connections; losing the model;
-mending any of those; a backend vanishing (an mDNS goodbye, or ``Fleet.remove``) or
-appearing; streams during which one of those strikes — at the backend serving the first of
-them once its first token is out, or at another; a client that gives up early; and a
-recovery step that mends everything and waits for Nexus to see the fleet whole again.
+Steps: requests, one or 2–5 at once (streamed or not, temperature 0); a fault at one
+backend (HTTP 500/503/429, a delay past the first-token deadline, dying, stalling or an
+in-band error after K chunks, a malformed answer), or the same fault at every backend
+(an outage); refusing connections; losing the model; mending any of those; a backend
+vanishing (an mDNS goodbye, or ``Fleet.remove``) or appearing (new, or back); streams
+during which any of those strikes — at the backend serving the first of them once its
+first token is out, or elsewhere; a client that leaves early; time passing; and a recovery
+that mends everything. A step's backend index picks among the backends it can change (a
+goodbye among those registered, a mend among those broken), so few steps are no-ops.
 
 Invariants, after every step:
 
-- every request gets either one complete answer, exactly ``expected_answer`` (one finish
-  and one ``[DONE]`` when streamed), or a documented error: HTTP 404 ``model_not_found``,
-  429 or 503 (with ``Retry-After``), 502 or 504 in the OpenAI shape, or — after the commit point —
-  a prefix of the answer and one SSE error event; never a hang (each request runs under
-  ``trio.fail_after``);
+- every request gets one complete answer, exactly ``expected_answer`` (when streamed: one
+  id, one role, one finish, one ``[DONE]``), or a documented error: 404
+  ``model_not_found``, 429 or 503 with ``Retry-After``, 502 or 504, in the OpenAI shape —
+  or, after the commit point, a prefix of the answer and one SSE error event, no
+  ``[DONE]``. Never a hang: each request runs under ``trio.fail_after``;
 - a request *owed* an answer gets the complete one. It is owed when, as it started, some
   backend was clean (no fault knob set, accepting, serving the model), registered and
   routable with the model listed, and nothing was done to that backend until the request
-  ended (every step that touches a backend bumps its epoch). Faults are copied at the
-  start of each backend request, so a fault set during a request counts against it too;
+  ended: every step that touches a backend bumps its epoch. The simulators copy faults at
+  the start of each upstream request, so a fault set during a request counts against it,
+  and a faulted backend that health probes bring back into rotation is never "clean";
 - ``in_flight`` of every backend Nexus ever held is never negative (a trio ``Instrument``
   checks after every task step) and is zero at rest, with no simulated backend still
-  answering a chat request and no proxy task alive (bounded waits for the condition, after
-  ``wait_all_tasks_blocked``);
-- the registry holds what the steps made of it: a backend with a source is registered
-  with exactly those sources; one that said goodbye is unroutable, then forgotten after
+  answering a chat request and no request task alive (a bounded wait for the condition,
+  after ``wait_all_tasks_blocked``);
+- the registry holds what the steps made of it: a backend with sources is registered with
+  exactly those; one that said goodbye is unroutable, then forgotten after
   ``discovery.grace_period_seconds``; a removed one is gone;
-- after a recovery step every registered backend is routable with the model, in bounded
-  time;
-- at the end, setting ``stop`` returns ``serve_nexus`` within a deadline and leaves no
-  Nexus or hypercorn task behind (the whole task tree is walked from the root).
+- after a recovery every backend some source knows is routable with the model again
+  (waiting on registry events, bounded);
+- at the end, setting ``stop`` returns ``serve_nexus`` in time and leaves no Nexus or
+  hypercorn task behind (the whole task tree is walked from the root). A program still
+  running after ``EXAMPLE_DEADLINE`` fails with that tree, each task with where it waits.
 
-Time: real, not an autojump clock (the sockets are real), with deadlines short enough for
-a run of about 40 s on two cores: 25 examples of 6–18 steps each, derandomized so CI sees
-the same programs every run. The invariants never depend on timing: an answer is owed only
-when a clean backend was routable all along, which no scheduling can undo.
+Time is real, not an autojump clock (the sockets are real): deadlines are short (first
+token 0.5 s, between events 0.3 s, a whole JSON answer 0.5 s, probes every 0.2 s) and the
+simulators answer at once or at 100 tokens/s, so the 3 explicit and 25 generated examples
+of 5–14 steps (about 200 requests) take about 40 s on two cores, derandomized so CI runs
+the same programs every time. No invariant depends on timing: an answer is owed only when
+a clean backend was routable from start to end, which no scheduling can undo.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import tempfile
 import uuid
 from collections.abc import Callable, Sequence
@@ -86,17 +94,20 @@ NAMES = ("a", "b", "c", "d", "e")
 FLAVORS = (Flavor.OLLAMA, Flavor.VLLM, Flavor.LLAMACPP, Flavor.VLLM, Flavor.OLLAMA)
 CONFIGURED = 3  # a, b and c are in the config; d and e wait to be announced
 SLOW_RATE = 100.0  # tokens/s: a stream lasts 0.25–0.5 s, long enough to break it midway
+# Short, so that a stalled fleet costs little: the simulators answer JSON at once and
+# stream at most 10 ms apart, so a clean backend is nowhere near any of them.
 TIMEOUTS = {"first_token_seconds": 0.5, "stream_idle_seconds": 0.3, "request_seconds": 0.5}
-DELAY_SECONDS = 0.7  # past the first-token deadline (a JSON answer waits it out)
+DELAY_SECONDS = 0.7  # past the first-token and whole-answer deadlines
 HEALTH_INTERVAL_SECONDS = 0.2
 GRACE_SECONDS = 0.5  # how long a backend that said goodbye is remembered
-MAX_ATTEMPTS = 8  # more than the fleet: a clean backend is always tried
+MAX_ATTEMPTS = 8  # more than the fleet (and mid-stream switches): a clean one is reached
 
 REQUEST_DEADLINE = 20.0  # "never a hang": past the longest legitimate failover chain
 FIRST_TOKEN_WAIT = 2.0  # how long a `During` step waits for a stream to commit
 REST_DEADLINE = 3.0  # bookkeeping after the client's last byte (upstream drain ≤ 1 s)
 RECOVERY_DEADLINE = 3.0
 SHUTDOWN_DEADLINE = 5.0
+EXAMPLE_DEADLINE = 120.0  # a whole program, far past the slowest seen (about 10 s)
 POLL_SECONDS = 0.02
 
 # What a client may hear when no backend could answer (DESIGN.md, "Contracts"): no backend
@@ -226,6 +237,7 @@ class FleetPlan:
     rates: tuple[float, ...]  # tokens per second of each simulated backend
     strategy: str
     hedge_after_ms: int | None
+    wait_for_backend_seconds: float = 0.0  # how long a request waits for one back in rotation
 
 
 BACKENDS = st.integers(0, len(NAMES) - 1)
@@ -290,6 +302,7 @@ FLEETS = st.builds(
     st.tuples(*[st.sampled_from([0.0, SLOW_RATE])] * len(NAMES)),
     st.sampled_from(["smart", "round_robin", "priority", "least_busy", "random"]),
     st.sampled_from([None, 150]),
+    st.sampled_from([0.0, 0.5]),
 )
 
 
@@ -772,7 +785,35 @@ async def run_nexus(
     stopped.set()
 
 
+def task_tree() -> str:
+    """Every task alive, indented under its parent, with where it waits."""
+    root = trio.lowlevel.current_root_task()
+    assert root is not None
+    lines, stack = [], [(root, 0)]
+    while stack:
+        task, depth = stack.pop()
+        frames = [f"{frame.f_code.co_name}:{line}" for frame, line in task.iter_await_frames()
+                  if f"{os.sep}trio{os.sep}" not in frame.f_code.co_filename]  # fmt: skip
+        lines.append(f"{'  ' * depth}{task.name} @ {' > '.join(frames[-4:])}")
+        stack.extend((child, depth + 1) for n in task.child_nurseries for child in n.child_tasks)
+    return "\n".join(lines)
+
+
 async def run_program(plan: FleetPlan, program: Sequence[Step]) -> None:
+    """`run_fleet`, under a deadline that says where every task was when it passed."""
+
+    async def watchdog() -> None:
+        await trio.sleep(EXAMPLE_DEADLINE)
+        raise AssertionError(f"the program still runs after {EXAMPLE_DEADLINE} s:\n{task_tree()}")
+
+    async with trio.open_nursery() as guard:
+        guard.start_soon(watchdog)
+        await run_fleet(plan, program)
+        guard.cancel_scope.cancel()
+
+
+async def run_fleet(plan: FleetPlan, program: Sequence[Step]) -> None:
+    """The fleet and Nexus in front of it; the program; the invariants; the shutdown."""
     sims = [
         SimulatedBackend(flavor, [SimModel(MODEL, tools=True)], rate, name=name)
         for name, flavor, rate in zip(NAMES, FLAVORS, plan.rates, strict=True)
@@ -782,6 +823,7 @@ async def run_program(plan: FleetPlan, program: Sequence[Step]) -> None:
         "max_attempts": MAX_ATTEMPTS,
         "max_mid_stream_failovers": MAX_ATTEMPTS,
         "timeouts": TIMEOUTS,
+        "wait_for_backend_seconds": plan.wait_for_backend_seconds,
     }
     if plan.hedge_after_ms is not None:
         routing["hedge_after_ms"] = plan.hedge_after_ms
