@@ -26,19 +26,6 @@ def _free_port() -> int:
         return port
 
 
-def _wait(url: str, ok: object, what: str, within: float = 60) -> None:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        try:
-            response = httpx.get(url, timeout=2)
-            if ok(response):  # type: ignore[operator]
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"{what} did not come up within {within:g} s")
-
-
 @dataclass
 class LlamaServer:
     """One llama-server process on loopback, which a test may kill and restart."""
@@ -57,13 +44,26 @@ class LlamaServer:
             [str(self.binary), "-m", str(self.model), "--alias", ALIAS, "--host", "127.0.0.1",
              "--port", str(self.port), "-c", str(CONTEXT), "--parallel", str(PARALLEL),
              "-t", "1"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )  # fmt: skip
-        _wait(
-            self.url + "/health",
-            lambda r: r.status_code == 200 and r.json().get("status") == "ok",
-            f"llama-server on port {self.port}",
-        )
+        listening = threading.Event()
+        threading.Thread(target=self._read_log, args=(listening,), daemon=True).start()
+        # llama-server says "listening on" once its model is loaded.
+        if not listening.wait(60):
+            raise AssertionError(f"llama-server on port {self.port} did not come up in 60 s")
+        health = httpx.get(self.url + "/health", timeout=5)
+        assert health.status_code == 200
+        assert health.json().get("status") == "ok"
+
+    def _read_log(self, listening: threading.Event) -> None:
+        """Read the server's log to its end (so its pipe never fills), noting readiness."""
+        process = self.process
+        assert process is not None
+        assert process.stderr is not None
+        with process.stderr:
+            for line in process.stderr:
+                if b"listening on" in line:
+                    listening.set()
 
     def kill(self) -> None:
         """SIGKILL: no goodbye, no closing of connections in flight."""
