@@ -303,6 +303,9 @@ class Fleet:
     def _drop(self, name: str) -> None:
         self.registry.remove(name)
         self._endpoints.pop(name, None)
+        timer = self._forget.pop(name, None)
+        if timer is not None:
+            timer.cancel()  # its backend is gone; a successor of its name is not its business
 
     async def _persist(self) -> None:
         if self.state is None:
