@@ -437,7 +437,7 @@ def _config(fleet: dict[str, Any], port: int, args: argparse.Namespace) -> str:
         "[logging]",
         'level = "warning"',
         "[routing]",
-        f"max_attempts = {args.max_attempts or len(fleet['urls'])}",
+        f"max_attempts = {args.max_attempts or 2 * len(fleet['urls'])}",
         *([f'mid_stream = "{args.mid_stream}"'] if args.mid_stream else []),
         "[routing.timeouts]",
         f"connect_seconds = {t['connect']}",
@@ -729,7 +729,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     add("--stream-idle-seconds", type=float, default=5.0, help="Nexus stall timeout")
     add("--request-seconds", type=float, default=10.0, help="Nexus non-stream timeout")
     add("--delay", type=float, default=None, help="slow-headers fault (default: timeouts + 1 s)")
-    add("--max-attempts", type=int, default=None, help="routing.max_attempts (default: fleet)")
+    add(
+        "--max-attempts",
+        type=int,
+        default=None,
+        help="routing.max_attempts (default: twice the fleet)",
+    )
     add("--mid-stream", choices=[m.value for m in MidStream], help="routing.mid_stream")
     add("--health-interval", type=float, default=1.0, help="seconds between health checks")
     add("--request-timeout", type=float, default=60.0, help="client gives up after, seconds")

@@ -83,7 +83,13 @@ DESCRIPTIONS: Final[Mapping[str, str]] = {
     # [routing]
     "routing": "How a request picks its backend, and what happens when that backend fails.",
     "routing.strategy": "How the healthy backends of a model are ordered.",
-    "routing.max_attempts": "Backends tried for one request before giving up with HTTP 502.",
+    "routing.max_attempts": (
+        "Attempts for one request before giving up with HTTP 502; a backend that failed is "
+        "tried again only once a health probe has brought it back."
+    ),
+    "routing.failover_timeout_seconds": (
+        "No new attempt after the request (or, mid-stream, the failure) is this old; 0: no limit."
+    ),
     "routing.mid_stream": (
         "When a stream's backend fails after its first token: continue_same_model, "
         "continue_any (a fallback model too) or error."

@@ -495,6 +495,9 @@ class RoutingSettings:
         default=MidStream.CONTINUE_SAME_MODEL, metadata=_meta(_Choice.of(MidStream))
     )
     max_mid_stream_failovers: int = field(default=2, metadata=_meta(_Int(0)))
+    # No new attempt starts once the request (or, after the commit, the stream's failure)
+    # is this old; 0 means only max_attempts bounds failover.
+    failover_timeout_seconds: float = field(default=120.0, metadata=_meta(_Float(0, above=False)))
     # Off when unset: start the next candidate beside a first one that has not
     # produced its first token after this long; the first to do so wins.
     hedge_after_ms: int | None = field(default=None, metadata=_meta(_Optional(_AT_LEAST_ONE)))

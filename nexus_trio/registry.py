@@ -129,6 +129,7 @@ class Backend:
     ttft_ewma_seconds: float | None = None
     consecutive_failures: int = 0
     consecutive_successes: int = 0
+    returns: int = 0  # times it came back into rotation after being taken out
     last_checked: float | None = None  # time.time() of the last probe
     recovery_wanted: trio.Event = field(default_factory=trio.Event, repr=False)
 
@@ -349,6 +350,8 @@ class Registry:
     def _set_health(self, backend: Backend, health: Health, detail: str) -> None:
         backend.health_detail = detail
         if backend.health is not health:
+            if backend.health is Health.UNHEALTHY:
+                backend.returns += 1
             backend.health = health
             self._publish(RegistryEvent("health", backend.name, health.value))
 

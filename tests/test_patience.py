@@ -75,3 +75,63 @@ async def test_when_the_last_candidate_fails_one_coming_back_serves(start_nexus:
         response = await nexus.http.post("/v1/chat/completions", json=HELLO)
     assert response.status_code == 200
     assert response.headers["x-nexus-backend"] == "b"
+
+
+async def test_a_backend_that_failed_is_tried_again_once_it_is_back(
+    start_nexus: Any, nursery: trio.Nursery
+) -> None:
+    a, b = sim("a"), sim("b")
+    nexus = await start_nexus(
+        [a, b],
+        routing={"wait_for_backend_seconds": 5, "strategy": "priority", "max_attempts": 3},
+        backend_options={"a": {"priority": 1}, "b": {"priority": 2}},
+        health_check={"recovery_threshold": 1},
+    )
+    a.faults.status = b.faults.status = 500
+    registry = nexus.gateway.registry
+
+    changes = registry.subscribe()
+
+    async def mend_a_once_it_is_out() -> None:
+        with changes:
+            async for event in changes:
+                if event.backend == "a" and event.kind == "health" and event.detail == "unhealthy":
+                    a.faults.clear()  # its probe will find it well, and bring it back
+                    return
+
+    nursery.start_soon(mend_a_once_it_is_out)
+    with trio.fail_after(4):
+        response = await nexus.http.post("/v1/chat/completions", json=HELLO)
+    assert response.status_code == 200
+    assert response.headers["x-nexus-backend"] == "a"
+    assert (a.stats.chat_requests, b.stats.chat_requests) == (2, 1)
+
+
+async def test_a_backend_is_not_tried_twice_while_it_is_out(start_nexus: Any) -> None:
+    a, b = sim("a"), sim("b")
+    nexus = await start_nexus([a, b], routing={"wait_for_backend_seconds": 0.5, "max_attempts": 5})
+    await a.refuse_connections()
+    await b.refuse_connections()  # probes fail too: neither comes back
+    with trio.fail_after(4):
+        response = await nexus.http.post("/v1/chat/completions", json=HELLO)
+    assert response.status_code == 502
+    await nexus.settled()
+    assert nexus.gateway.totals["failovers"] == 2  # one attempt each, not five
+
+
+async def test_no_new_attempt_after_the_failover_timeout(start_nexus: Any) -> None:
+    a, b = sim("a"), sim("b")
+    nexus = await start_nexus(
+        [a, b],
+        routing={
+            "strategy": "priority",
+            "failover_timeout_seconds": 0.2,
+            "timeouts": {"first_token_seconds": 0.4, "request_seconds": 0.4},
+        },
+        backend_options={"a": {"priority": 1}, "b": {"priority": 2}},
+    )
+    a.faults.delay_before_headers_seconds = 5  # outlives the failover timeout
+    with trio.fail_after(4):
+        response = await nexus.http.post("/v1/chat/completions", json=HELLO)
+    assert response.status_code == 504
+    assert b.stats.chat_requests == 0

@@ -112,7 +112,7 @@ async def forward_chat(
     queue = CandidateQueue(
         decision.candidates,
         _replanner(attempt, chat, routing, lambda c: True),
-        routing.max_attempts,
+        routing,
     )
     try:
         if chat.needs.stream:
@@ -128,34 +128,53 @@ async def forward_chat(
         )
 
 
-Replan = Callable[[set[str]], Awaitable[Sequence[Candidate]]]
+# Plans the route again: the candidates that pass the filter, waiting up to the given
+# seconds for one to come into rotation.
+Replan = Callable[[Callable[[Candidate], bool], float], Awaitable[Sequence[Candidate]]]
 
 
 class CandidateQueue:
-    """The candidates of one request, tried once each, at most ``budget`` of them.
+    """The candidates of one request, in order, within its attempt budget.
 
-    When the planned ones run out, the route is planned again from the registry
-    as it is now — waiting a moment (``routing.wait_for_backend_seconds``) if
-    nothing is in rotation — since a backend that was out when the request
-    arrived may be back (its half-open probe answered) while the others failed.
+    Each backend is tried at most once per stay in rotation: one that failed
+    (and was taken out) is tried again only after a health probe has brought it
+    back, and only once the planned candidates have run out. Then the route is
+    planned again from the registry as it is now — waiting a moment
+    (``routing.wait_for_backend_seconds``) if nothing is in rotation — untried
+    backends first. Two limits end it: ``routing.max_attempts`` attempts, and
+    no new attempt after ``routing.failover_timeout_seconds`` (0: no limit).
     """
 
-    def __init__(self, planned: Sequence[Candidate], replan: Replan, budget: int) -> None:
+    def __init__(
+        self, planned: Sequence[Candidate], replan: Replan, routing: RoutingSettings
+    ) -> None:
         self._queue = list(planned)
         self._replan = replan
-        self.budget = budget
-        self.tried: set[str] = set()
+        self.budget = routing.max_attempts
+        self._wait_seconds = routing.wait_for_backend_seconds
+        timeout = routing.failover_timeout_seconds
+        self._deadline = trio.current_time() + timeout if timeout > 0 else math.inf
+        # Backend name -> its `Backend.returns` when this request last tried it.
+        self.tried: dict[str, int] = {}
+
+    def _may_try(self, candidate: Candidate) -> bool:
+        backend = candidate.backend
+        seen = self.tried.get(backend.name)
+        return backend.routable and (seen is None or backend.returns > seen)
 
     async def next(self) -> Candidate | None:
-        """The next untried candidate, or None when there is none or the budget is spent."""
-        while self.budget > 0:
+        """The next candidate to try, or None when none is left or the budget is spent."""
+        while self.budget > 0 and trio.current_time() < self._deadline:
             while self._queue:
                 candidate = self._queue.pop(0)
-                if candidate.backend.name not in self.tried:
-                    self.tried.add(candidate.backend.name)
+                if self._may_try(candidate):
+                    self.tried[candidate.backend.name] = candidate.backend.returns
                     self.budget -= 1
                     return candidate
-            self._queue = list(await self._replan(self.tried))
+            wait = min(self._wait_seconds, self._deadline - trio.current_time())
+            fresh = await self._replan(self._may_try, wait)
+            # Backends this request has not tried yet go first (the sort is stable).
+            self._queue = sorted(fresh, key=lambda c: c.backend.name in self.tried)
             if not self._queue:
                 return None
         return None
@@ -166,18 +185,18 @@ def _replanner(
 ) -> Replan:
     registry = attempt.registry
 
-    def untried(tried: set[str]) -> list[Candidate]:
+    def candidates(may_try: Callable[[Candidate], bool]) -> list[Candidate]:
         try:
             decision = plan_route(chat.needs, registry.backends, routing, turn=registry.next_turn())
         except NexusError:
             return []
-        return [c for c in decision.candidates if keep(c) and c.backend.name not in tried]
+        return [c for c in decision.candidates if keep(c) and may_try(c)]
 
-    async def replan(tried: set[str]) -> Sequence[Candidate]:
+    async def replan(may_try: Callable[[Candidate], bool], wait: float) -> Sequence[Candidate]:
         def look() -> list[Candidate] | None:
-            return untried(tried) or None
+            return candidates(may_try) or None
 
-        return await wait_for_rotation(registry, look, routing.wait_for_backend_seconds) or []
+        return await wait_for_rotation(registry, look, wait) or []
 
     return replan
 
@@ -365,12 +384,10 @@ async def _continue(
         # Same model first: the planned order already puts fallback models last.
         keep = _may_continue(current, routing.mid_stream)
         queue = CandidateQueue(
-            [c for c in decision.candidates if keep(c) and c.backend.routable],
+            [c for c in decision.candidates if keep(c)],
             _replanner(attempt, chat, routing, keep),
-            routing.max_attempts,
+            routing,
         )
-        # No exclusion of the backends that failed earlier in this request: they are out
-        # of rotation until a probe brings them back, and a long answer may outlive that.
         payload, prefill, produced = chat.payload, tracker.text, tracker.content_chunks
         try:
             stream = await _open_first(
