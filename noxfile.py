@@ -58,3 +58,17 @@ def integration(session: nox.Session) -> None:
     if "LLAMA_SERVER_BIN" not in found:
         session.skip(str(output).strip().splitlines()[-1])
     session.run("pytest", "tests/integration", "-m", "integration", *session.posargs, env=found)
+
+
+@nox.session
+def browser(session: nox.Session) -> None:
+    """The dashboard in headless Chromium, driven by Playwright. Needs Debian's Chromium
+    (`apt-get install chromium chromium-driver`, as .ci/run does): `playwright install`
+    would download a browser build, which cannot be fetched here."""
+    from pathlib import Path
+
+    chromium = Path("/usr/bin/chromium")
+    if not chromium.exists():
+        session.error(f"{chromium} is missing: apt-get install chromium chromium-driver")
+    session.install(".[test]", "playwright==1.65.*")
+    session.run("pytest", "tests/browser", "-m", "browser", *session.posargs)
