@@ -438,6 +438,7 @@ def _config(fleet: dict[str, Any], port: int, args: argparse.Namespace) -> str:
         'level = "warning"',
         "[routing]",
         f"max_attempts = {args.max_attempts or 2 * len(fleet['urls'])}",
+        f"max_mid_stream_failovers = {args.max_mid_stream_failovers or len(fleet['urls'])}",
         *([f'mid_stream = "{args.mid_stream}"'] if args.mid_stream else []),
         "[routing.timeouts]",
         f"connect_seconds = {t['connect']}",
@@ -734,6 +735,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         default=None,
         help="routing.max_attempts (default: twice the fleet)",
+    )
+    add(
+        "--max-mid-stream-failovers",
+        type=int,
+        default=None,
+        help="routing.max_mid_stream_failovers (default: the fleet's size)",
     )
     add("--mid-stream", choices=[m.value for m in MidStream], help="routing.mid_stream")
     add("--health-interval", type=float, default=1.0, help="seconds between health checks")

@@ -117,6 +117,12 @@ DESCRIPTIONS: Final[Mapping[str, str]] = {
     "logging": "Log lines on stderr.",
     "logging.level": "One of: debug, info, warning, error, critical.",
     "logging.format": "Human-readable lines, or one JSON object per line.",
+    "logging.component_levels": (
+        'Levels per component, e.g. {registry = "debug", request = "warning"} (logger names; '
+        "the nexus. prefix may be left out)."
+    ),
+    "logging.content": "Put prompt and answer text in request lines (off: prompts are private).",
+    "logging.history_size": "Finished requests /v1/history and the dashboard keep.",
     # [[backends]]
     "backends": ("Backends to use besides those found by discovery; one [[backends]] table each."),
     "backends.name": "Stable name, shown in X-Nexus-Backend and the admin API (no spaces).",
@@ -141,6 +147,7 @@ EXAMPLES: Final[Mapping[str, str]] = {
     "routing.aliases": '"gpt-4o" = "llama3:70b"',
     "routing.fallbacks": '"llama3:70b" = ["llama3:8b", "mistral:7b"]',
     "routing.hedge_after_ms": "1500",
+    "logging.component_levels": '"registry" = "debug"',
     "backends.name": '"gpu-box"',
     "backends.url": '"http://192.168.1.20:11434"',
     "backends.type": '"ollama"',

@@ -539,12 +539,24 @@ class RoutingSettings:
 
 @dataclass(frozen=True, slots=True)
 class LoggingSettings:
-    """``[logging]``: level (stored lower-case) and line format."""
+    """``[logging]``: level (stored lower-case), line format, levels per component,
+    whether request lines carry content, and how many requests ``/v1/history`` keeps."""
 
     level: str = field(default="info", metadata=_meta(_Choice(LOG_LEVELS), env="NEXUS_LOG_LEVEL"))
     format: LogFormat = field(
         default=LogFormat.PRETTY, metadata=_meta(_Choice.of(LogFormat), env="NEXUS_LOG_FORMAT")
     )
+    # Logger name (``nexus.`` may be left out: "request", "registry", "health") -> level.
+    component_levels: Mapping[str, str] = field(
+        default_factory=dict, metadata=_meta(_Map(_Choice(LOG_LEVELS), what="component"))
+    )
+    # Prompt and answer text in the request line: off, since prompts are private.
+    content: bool = field(default=False, metadata=_meta(_Bool()))
+    history_size: int = field(default=200, metadata=_meta(_Int(0, 100_000)))
+
+    def __post_init__(self) -> None:
+        levels = {name: level.lower() for name, level in self.component_levels.items()}
+        object.__setattr__(self, "component_levels", MappingProxyType(levels))
 
 
 @dataclass(frozen=True, slots=True)

@@ -76,8 +76,15 @@ class Drain:
     CUT_SECONDS = 5.0
 
     def __init__(self) -> None:
-        self.draining = False  # new requests get a 503
         self._requests: set[InFlight] = set()
+        # Set when the drain begins: long-lived connections (the dashboard's
+        # WebSockets) close then, rather than hold the shutdown up.
+        self.began = trio.Event()
+
+    @property
+    def draining(self) -> bool:
+        """New requests get a 503."""
+        return self.began.is_set()
 
     @property
     def in_flight(self) -> int:
@@ -89,7 +96,7 @@ class Drain:
 
     def cut(self) -> int:
         """Refuse new requests and cancel those in flight, now; how many were cut."""
-        self.draining = True
+        self.began.set()
         cut = 0
         for work in self._requests:
             if not work.cut:
@@ -107,7 +114,7 @@ class Drain:
         are refused at once), then cuts whatever is still running and waits up to
         `CUT_SECONDS` for those to end their responses. Returns how many it cut.
         """
-        self.draining = True
+        self.began.set()
         with trio.move_on_after(grace_seconds):
             for work in list(self._requests):
                 await work.finished.wait()

@@ -1,5 +1,6 @@
 """What every request handler shares: settings, the registry, the upstream client,
-and the requests in flight (`nexus_trio.drain.Drain`)."""
+what Nexus sees of its traffic (`nexus_trio.observe.Observer`), and the requests in
+flight (`nexus_trio.drain.Drain`)."""
 
 from __future__ import annotations
 
@@ -11,10 +12,12 @@ import httpx
 
 from nexus_trio.config import Settings
 from nexus_trio.drain import Drain
+from nexus_trio.observe import Observer
 from nexus_trio.registry import Registry
 
 if TYPE_CHECKING:
     from nexus_trio.fleet import Fleet
+    from nexus_trio.testing import SimulatedBackend
 
 __all__ = ["Gateway"]
 
@@ -24,12 +27,14 @@ class Gateway:
     settings: Settings
     registry: Registry
     client: httpx.AsyncClient
+    observer: Observer
     started_at: float = field(default_factory=time.monotonic)
+    # Unix time of the start: the ``created`` of every model Nexus lists.
+    created: int = field(default_factory=lambda: int(time.time()))
     url: str = ""  # where the HTTP server listens, once it does
     fleet: Fleet | None = None  # adds and removes backends at run time (admin API)
     drain: Drain = field(default_factory=Drain)  # requests in flight; shutdown
-    # Chat requests, failovers (before the first token and mid-stream), hedges started/won.
-    totals: dict[str, int] = field(default_factory=dict)
+    demo_fleet: list[SimulatedBackend] = field(default_factory=list)  # `nexus serve --demo`
 
     @property
     def draining(self) -> bool:

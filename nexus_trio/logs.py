@@ -70,6 +70,20 @@ def configure_logging(settings: LoggingSettings) -> None:
     root.setLevel(settings.level.upper())
     # httpx logs every request at INFO: that is our own request log's job.
     logging.getLogger("httpx").setLevel(max(logging.WARNING, root.level))
+    for name, level in settings.component_levels.items():
+        logging.getLogger(component_logger(name)).setLevel(level.upper())
+
+
+def component_logger(name: str) -> str:
+    """The logger a ``logging.component_levels`` key names: ``"registry"`` is
+    ``nexus.registry``; a dotted name (``nexus.health``, ``hypercorn.error``) and the
+    libraries' own loggers are themselves."""
+    if "." in name or name in _LIBRARY_LOGGERS:
+        return name
+    return f"nexus.{name}"
+
+
+_LIBRARY_LOGGERS = frozenset({"nexus", "httpx", "httpcore", "hypercorn", "quart", "zeroconf"})
 
 
 def log_request(fields: dict[str, Any]) -> None:

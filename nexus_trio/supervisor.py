@@ -59,6 +59,7 @@ from nexus_trio.drain import Drain
 from nexus_trio.fleet import Fleet, StateFile, default_state_path
 from nexus_trio.gateway import Gateway
 from nexus_trio.health import run_health
+from nexus_trio.observe import Observer
 from nexus_trio.proxy.upstream import open_upstream_client
 from nexus_trio.registry import Backend, Registry
 from nexus_trio.testing import SimulatedBackend, demo_fleet, serve_fleet
@@ -180,7 +181,11 @@ async def serve_nexus(
                 task_status=task_status,
             )
         )  # fmt: skip
-        gateway = Gateway(settings, registry, client, fleet=fleet, drain=drain)
+        gateway = Gateway(
+            settings, registry, client, Observer(settings, registry), fleet=fleet, drain=drain,
+            demo_fleet=fleet_sims,
+        )  # fmt: skip
+        await root.start(gateway.observer.feed.run, registry, settings.routing, gateway.created)
         http_stop = trio.Event()  # hypercorn's shutdown trigger: set once we have drained
         binds = await root.start(_serve_http, gateway, http_stop, root.cancel_scope)
         gateway.url = url = binds[0]

@@ -249,13 +249,22 @@ def test_an_object_parses_or_is_a_400_naming_a_wrong_field(body: bytes) -> None:
     result = parse_or_error(body)
     if isinstance(result, ChatRequest):
         assert wrong == set(), f"accepted a body with wrong {wrong}"
-        assert result.body == body
+        assert json.loads(result.body) == forwarded(json.loads(body))
         return
     assert type(result) is RequestError
     assert result.status == 400
     assert result.message
     assert wrong, "refused a valid body"
     assert result.param in wrong, (result.param, wrong)
+
+
+def forwarded(payload: dict[str, Any]) -> dict[str, Any]:
+    """What a backend is sent: the payload, asking for usage if it streams (Nexus counts
+    every stream's tokens)."""
+    if payload.get("stream") is not True:
+        return payload
+    options = payload.get("stream_options") or {}
+    return {**payload, "stream_options": {**options, "include_usage": True}}
 
 
 def text_length(messages: list[dict[str, Any]]) -> int:
@@ -276,9 +285,18 @@ def test_valid_bodies_are_forwarded_untouched_or_with_only_the_model_changed(
 ) -> None:
     body = json.dumps(payload, ensure_ascii=ensure_ascii).encode()
     request = parse_chat_request(body)
-    assert request.body_for(payload["model"]) == body
+    sent = forwarded(payload)
+    if sent is payload:
+        assert request.body_for(payload["model"]) == body  # the client's bytes
+    else:  # the client's bytes, asking for usage in front
+        assert (
+            request.body_for(payload["model"])
+            == b'{"stream_options":{"include_usage":true},' + body[1:]
+        )
+        assert request.client_wants_usage is False
+    assert json.loads(request.body_for(payload["model"])) == sent
     if other != payload["model"]:
-        assert json.loads(request.body_for(other)) == {**payload, "model": other}
+        assert json.loads(request.body_for(other)) == {**sent, "model": other}
 
     needs = request.needs
     messages = payload["messages"]

@@ -19,7 +19,9 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from nexus_trio import __version__
 from nexus_trio.api.admin import make_admin_blueprint
 from nexus_trio.api.chat import ASGIDownstream, handle_chat
+from nexus_trio.api.dashboard import make_dashboard_blueprint
 from nexus_trio.api.models import model_entries, model_entry
+from nexus_trio.api.observe import make_observe_blueprint
 from nexus_trio.errors import ModelNotFound, NexusError, error_body
 from nexus_trio.gateway import Gateway
 from nexus_trio.routing.router import nearest_models
@@ -55,22 +57,21 @@ def make_quart_app(gateway: Gateway) -> QuartTrio:
     # (nexus_trio.api.chat) and never went through this timeout.
     app.config["RESPONSE_TIMEOUT"] = None
     app.register_blueprint(make_admin_blueprint(gateway))
+    app.register_blueprint(make_observe_blueprint(gateway))
+    app.register_blueprint(make_dashboard_blueprint(gateway))
     registry = gateway.registry
     routing = gateway.settings.routing
-
-    def created() -> int:
-        return int(gateway.started_at)
 
     @app.get("/v1/models")
     async def list_models() -> Response:
         entries = model_entries(
-            registry.backends, routing.aliases, routing.resolve_alias, created()
+            registry.backends, routing.aliases, routing.resolve_alias, gateway.created
         )
         return jsonify({"object": "list", "data": entries})
 
     @app.get("/v1/models/<path:model_id>")
     async def retrieve_model(model_id: str) -> Response:
-        entry = model_entry(routing.resolve_alias(model_id), registry.backends, created())
+        entry = model_entry(routing.resolve_alias(model_id), registry.backends, gateway.created)
         if entry is None:
             raise ModelNotFound(model_id, nearest_models(model_id, registry.model_ids()))
         if entry["id"] != model_id:
@@ -106,7 +107,7 @@ def make_quart_app(gateway: Gateway) -> QuartTrio:
             "models": len(registry.model_ids()),
             "uptime_seconds": round(gateway.uptime_seconds, 3),
             "version": __version__,
-            "totals": gateway.totals,
+            "totals": gateway.observer.stats.totals(),
         }
         response = jsonify(body)
         # 503 when nothing can serve: what load balancers and orchestrators look at.
@@ -128,7 +129,10 @@ def make_quart_app(gateway: Gateway) -> QuartTrio:
                 "request_too_large",
             )
         if status == 404:
-            message = "No such endpoint. Nexus serves /v1/chat/completions, /v1/models and /health."
+            message = (
+                "No such endpoint. Nexus serves /v1/chat/completions, /v1/models, /v1/stats, "
+                "/v1/history, /health, /metrics and the dashboard at /."
+            )
         else:
             message = f"{error.name}: {error.description}"
         type_ = "invalid_request_error" if status < 500 else "server_error"

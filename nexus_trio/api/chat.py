@@ -25,7 +25,12 @@ import trio
 
 from nexus_trio.errors import BodyTooLarge, NexusError, ShuttingDown
 from nexus_trio.gateway import Gateway
-from nexus_trio.logs import log_request
+from nexus_trio.observe import (
+    CLIENT_DISCONNECTED,
+    CLIENT_GONE,
+    STREAM_INCOMPLETE,
+    RequestRecord,
+)
 from nexus_trio.proxy.attempt import Attempt, Outcome
 from nexus_trio.proxy.forward import forward_chat
 from nexus_trio.routing.patience import plan_route_patiently
@@ -165,6 +170,7 @@ async def handle_chat(gateway: Gateway, scope: Scope, receive: ASGIReceive, send
     started = trio.current_time()
     requested: str | None = None
     stream: bool | None = None
+    messages: object = None
     error: NexusError | None = None
     watch = _DisconnectWatch()
     work = gateway.drain.track()
@@ -184,6 +190,7 @@ async def handle_chat(gateway: Gateway, scope: Scope, receive: ASGIReceive, send
                         )
                     chat = parse_chat_request(body)
                     requested, stream = chat.needs.model, chat.needs.stream
+                    messages = chat.payload["messages"]
                     registry = gateway.registry
                     decision = await plan_route_patiently(chat.needs, registry, settings.routing)
                     attempt = Attempt(
@@ -215,29 +222,27 @@ async def handle_chat(gateway: Gateway, scope: Scope, receive: ASGIReceive, send
                 # response properly, as a shutdown.
                 error = await _end_as_shutdown(downstream, request_id)
         finally:
-            outcome.add_to(gateway.totals)
-            status = downstream.status or (499 if watch.gone else 0)
-            log_request(
-                {
-                    "request_id": request_id,
-                    "model": requested,
-                    "served_model": outcome.model,
-                    "backend": outcome.backend,
-                    "status": status,
-                    "stream": stream,
-                    "attempts": outcome.attempts,
-                    "failovers": len(outcome.failures),
-                    "mid_stream_failovers": outcome.mid_stream_failovers or None,
-                    "hedges": f"{outcome.hedges_won}/{outcome.hedges_started}"
-                    if outcome.hedges_started
-                    else None,
-                    "latency_ms": round((trio.current_time() - started) * 1000, 1),
-                    "ttft_ms": None
-                    if outcome.ttft_seconds is None
-                    else round(outcome.ttft_seconds * 1000, 1),
-                    "error": error.code if error is not None else outcome.error,
-                }
-            )
+            outcome.settle()
+            status = downstream.status or (CLIENT_GONE if watch.gone else 0)
+            code: str | None
+            detail: str | None
+            if error is not None:
+                code, detail = error.code or "internal_error", error.message
+            elif outcome.error is not None:
+                code, detail = STREAM_INCOMPLETE, outcome.error
+            elif watch.gone and not downstream.ended:
+                code, detail = CLIENT_DISCONNECTED, None
+            else:
+                code = detail = None
+            content = None
+            if settings.logging.content and messages is not None:
+                content = {"messages": messages, "answer": outcome.answer}
+            gateway.observer.request_done(
+                RequestRecord.of(
+                    request_id, requested, stream, outcome, status,
+                    trio.current_time() - started, code, detail, content,
+                )
+            )  # fmt: skip
 
 
 async def _end_as_shutdown(downstream: ASGIDownstream, request_id: str) -> NexusError:

@@ -18,9 +18,12 @@ from nexus_trio.registry import Backend, Registry
 from nexus_trio.routing.router import Candidate
 
 __all__ = [
+    "BEFORE_FIRST_BYTE",
     "CLIENT_ERRORS",
+    "MID_STREAM",
     "Attempt",
     "Downstream",
+    "Failover",
     "Headers",
     "Outcome",
     "PassThrough",
@@ -49,35 +52,66 @@ class Downstream(Protocol):
         """A whole response at once, with its Content-Length."""
 
 
+BEFORE_FIRST_BYTE = "before_first_byte"
+MID_STREAM = "mid_stream"
+
+
+@dataclass(frozen=True, slots=True)
+class Failover:
+    """A failed attempt, and the backend that took the request over (None: none did)."""
+
+    from_backend: str
+    to_backend: str | None
+    phase: str  # BEFORE_FIRST_BYTE or MID_STREAM: whether the client had seen anything
+
+
 @dataclass(slots=True)
 class Outcome:
-    """What happened to one request: for the log line, metrics and tests."""
+    """What happened to one request, written as it happens (a cancelled request still
+    tells how far it got): for the log line, metrics, stats and tests."""
 
     status: int = 0
-    backend: str | None = None
+    backend: str | None = None  # the backend that committed the answer
     model: str | None = None
+    route_reason: str | None = None
+    fallback_from: str | None = None  # the model asked for, when a fallback served
     attempts: int = 0
     failures: list[BackendError] = field(default_factory=list)
+    failovers: list[Failover] = field(default_factory=list)
     ttft_seconds: float | None = None
     error: str | None = None  # a failure after the stream committed that ended it
     mid_stream_failovers: int = 0  # continuations on another backend
     hedges_started: int = 0
     hedges_won: int = 0
+    usage: dict[str, int] = field(default_factory=dict)  # tokens, as the backends reported
+    answer: str | None = None  # the answer's text (for logging.content)
+    _unfollowed: list[tuple[str, str]] = field(default_factory=list)  # (backend, phase)
 
-    def add_to(self, totals: dict[str, int]) -> None:
-        """Count this request in running totals (the ones ``/health`` shows)."""
-        totals["requests"] = totals.get("requests", 0) + 1
-        for key, value in (
-            ("failovers", len(self.failures)),
-            ("mid_stream_failovers", self.mid_stream_failovers),
-            ("hedges_started", self.hedges_started),
-            ("hedges_won", self.hedges_won),
-        ):
-            totals[key] = totals.get(key, 0) + value
+    def started(self, candidate: Candidate) -> None:
+        """An attempt at ``candidate`` begins: it takes over from the failures before it."""
+        self.attempts += 1
+        for name, phase in self._unfollowed:
+            self.failovers.append(Failover(name, candidate.backend.name, phase))
+        self._unfollowed.clear()
+
+    def failed(self, candidate: Candidate, failure: BackendError) -> None:
+        self.failures.append(failure)
+        phase = BEFORE_FIRST_BYTE if self.backend is None else MID_STREAM
+        self._unfollowed.append((candidate.backend.name, phase))
+
+    def settle(self) -> None:
+        """The request is over: failures nothing started after (a hedge that lost, the
+        last candidate) were taken over by whoever served, if anyone did."""
+        for name, phase in self._unfollowed:
+            to = self.backend if self.backend != name else None
+            self.failovers.append(Failover(name, to, phase))
+        self._unfollowed.clear()
 
     def served(self, candidate: Candidate, status: int) -> None:
         """``candidate`` answered the client with ``status``."""
         self.backend, self.model, self.status = candidate.backend.name, candidate.model, status
+        self.route_reason = candidate.reason
+        self.fallback_from = candidate.fallback_from
 
 
 @dataclass(frozen=True, slots=True)

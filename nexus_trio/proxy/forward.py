@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import httpx
 import trio
@@ -51,7 +52,7 @@ from nexus_trio.proxy.attempt import (
 )
 from nexus_trio.proxy.continuation import continuation_body, may_echo
 from nexus_trio.proxy.streaming import OpenStream, open_stream, relay, sse_error_event
-from nexus_trio.proxy.tracker import StreamTracker, sse_comment
+from nexus_trio.proxy.tracker import StreamTracker, add_usage, sse_comment
 from nexus_trio.proxy.upstream import backend_headers, translate_httpx_error
 from nexus_trio.routing.patience import wait_for_rotation
 from nexus_trio.routing.requirements import ChatRequest
@@ -92,9 +93,21 @@ async def attempt_json(attempt: Attempt, candidate: Candidate, body: bytes) -> N
             backend.name, "answered 200 with a body that is not a completion"
         )
     outcome.served(candidate, 200)
+    add_usage(outcome.usage, parsed.get("usage"))
+    outcome.answer = _answer_text(parsed)
     await downstream.respond(
         200, nexus_headers(candidate, attempt.request_id, content_type), answer
     )
+
+
+def _answer_text(completion: dict[str, Any]) -> str | None:
+    """The first choice's message text, if the completion has one."""
+    choices = completion.get("choices")
+    if isinstance(choices, list) and choices and isinstance(choices[0], dict):
+        message = choices[0].get("message")
+        if isinstance(message, dict) and isinstance(message.get("content"), str):
+            return str(message["content"])
+    return None
 
 
 async def forward_chat(
@@ -203,7 +216,7 @@ def _replanner(
 
 def _failed(attempt: Attempt, candidate: Candidate, failure: BackendError) -> None:
     """Note a failed attempt; take its backend out of rotation unless it only lost the model."""
-    attempt.outcome.failures.append(failure)
+    attempt.outcome.failed(candidate, failure)
     if not (isinstance(failure, BackendStatus) and failure.upstream_status == 404):
         attempt.registry.demote(candidate.backend, failure.reason)
 
@@ -213,7 +226,7 @@ async def _json_chat(
 ) -> None:
     while (candidate := await queue.next()) is not None:
         backend = candidate.backend
-        attempt.outcome.attempts += 1
+        attempt.outcome.started(candidate)
         backend.in_flight += 1
         try:
             await attempt_json(attempt, candidate, chat.body_for(candidate.model))
@@ -244,7 +257,7 @@ async def _open_first(
     """
     if hedge_after_ms is None:
         while (candidate := await queue.next()) is not None:
-            attempt.outcome.attempts += 1
+            attempt.outcome.started(candidate)
             try:
                 return await open_stream(attempt, candidate, body_for(candidate))
             except BackendError as failure:
@@ -296,7 +309,7 @@ async def _race(
             if candidate is None:
                 more = False
                 return
-            outcome.attempts += 1
+            outcome.started(candidate)
             outcome.hedges_started += hedge
             running += 1
             nursery.start_soon(run, candidate, hedge)
@@ -335,7 +348,7 @@ async def _stream_chat(
     stream = await _open_first(
         attempt, queue, lambda c: chat.body_for(c.model), routing.hedge_after_ms, decision.model
     )
-    tracker = StreamTracker()
+    tracker = StreamTracker(forward_usage=chat.client_wants_usage)
     try:
         # The commit point: from here on the client has seen this backend.
         candidate = stream.candidate
@@ -358,6 +371,7 @@ async def _stream_chat(
         await downstream.end()
         await stream.drain()
     finally:
+        outcome.usage, outcome.answer = tracker.usage, tracker.text
         await stream.aclose()
 
 

@@ -23,7 +23,7 @@ from typing import Any
 from nexus_trio.errors import BackendError, BackendProtocolError
 from nexus_trio.proxy.sse import SSEEvent
 
-__all__ = ["DONE_EVENT", "Admitted", "StreamTracker", "sse_comment"]
+__all__ = ["DONE_EVENT", "Admitted", "StreamTracker", "add_usage", "sse_comment"]
 
 DONE_EVENT = b"data: [DONE]\n\n"
 _ANSWER_KEYS = ("content", "tool_calls", "function_call", "refusal", "reasoning_content",
@@ -80,6 +80,7 @@ class StreamTracker:
     usage: dict[str, int] = field(default_factory=dict)
     held_usage: bytes = b""  # the first backend's own usage event, relayed at the end as is
     switched: bool = False  # a continuation has begun: events are rewritten
+    forward_usage: bool = True  # whether the client asked for the usage chunk
     _continuation: _Continuation | None = None
 
     # -- the client's view --------------------------------------------------------------
@@ -99,7 +100,7 @@ class StreamTracker:
         choices = chunk.get("choices")
         if not isinstance(choices, list) or not choices:
             self._add_usage(chunk.get("usage"))
-            if not self.switched and not self.held_usage:
+            if not self.switched and not self.held_usage and self.forward_usage:
                 self.held_usage = event.raw
             return Admitted(says=True)  # usage is held for the end
         if self.id is None:
@@ -127,7 +128,7 @@ class StreamTracker:
     def _closing(self) -> bytes:
         """What goes out before ``[DONE]``: the usage, summed if a continuation happened."""
         out = self._flush_undecided()
-        if self.switched and self.usage:
+        if self.switched and self.usage and self.forward_usage:
             out += _event({"id": self.id, "object": "chat.completion.chunk",
                            "created": self.created, "model": self.model, "choices": [],
                            "usage": self.usage})  # fmt: skip
@@ -136,12 +137,7 @@ class StreamTracker:
         return out + DONE_EVENT
 
     def _add_usage(self, usage: object) -> None:
-        if not isinstance(usage, dict):
-            return
-        for key in _USAGE_KEYS:
-            value = usage.get(key)
-            if isinstance(value, int) and not isinstance(value, bool):
-                self.usage[key] = self.usage.get(key, 0) + value
+        add_usage(self.usage, usage)
 
     # -- continuation --------------------------------------------------------------------
 
@@ -208,6 +204,16 @@ class StreamTracker:
             "choices": [{"index": 0, "delta": delta, "logprobs": None,
                          "finish_reason": finish_reason}],
         })  # fmt: skip
+
+
+def add_usage(totals: dict[str, int], usage: object) -> None:
+    """Add a backend's ``usage`` object (if it is one) to ``totals``, key by key."""
+    if not isinstance(usage, dict):
+        return
+    for key in _USAGE_KEYS:
+        value = usage.get(key)
+        if isinstance(value, int) and not isinstance(value, bool):
+            totals[key] = totals.get(key, 0) + value
 
 
 def _parse(data: str, backend: str) -> dict[str, Any]:

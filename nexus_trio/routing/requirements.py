@@ -39,6 +39,9 @@ class ChatRequest:
     body: bytes
     payload: dict[str, Any]
     needs: Requirements
+    # A stream always asks its backend for usage (Nexus counts every request's tokens);
+    # this says whether the client asked too, and so gets the usage chunk.
+    client_wants_usage: bool = True
 
     def body_for(self, model: str) -> bytes:
         """The body to send upstream: the client's bytes, unless the model name must change."""
@@ -162,4 +165,24 @@ def parse_chat_request(body: bytes) -> ChatRequest:
         json=wants_json,
         context_tokens=text_bytes // BYTES_PER_TOKEN + completion,
     )
-    return ChatRequest(body=body, payload=payload, needs=needs)
+    if not stream:
+        return ChatRequest(body=body, payload=payload, needs=needs)
+    options = payload.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise _invalid(
+            "'stream_options' must be an object such as {\"include_usage\": true}.",
+            "stream_options",
+        )
+    if options is not None and options.get("include_usage") is True:
+        return ChatRequest(body=body, payload=payload, needs=needs)
+    asking = {**payload, "stream_options": {**(options or {}), "include_usage": True}}
+    if "stream_options" not in payload and json.detect_encoding(body).startswith("utf-8"):
+        # The client's bytes, with the option spliced in front: no re-encoding.
+        start = body.index(b"{") + 1
+        body = body[:start] + _ASK_FOR_USAGE + body[start:]
+    else:  # the option is there already, or the body is UTF-16/32 (JSON allows both)
+        body = json.dumps(asking).encode()
+    return ChatRequest(body=body, payload=asking, needs=needs, client_wants_usage=False)
+
+
+_ASK_FOR_USAGE = b'"stream_options":{"include_usage":true},'

@@ -1,0 +1,90 @@
+"""The dashboard's live feed: typed messages fanned out to every WebSocket.
+
+Each message is one JSON text, ``{"update_type": ..., "data": ...}``, encoded
+once for all subscribers. ``BackendStatus`` and ``ModelChange`` come from the
+registry's own change events (not from a timer); ``RequestComplete`` from each
+request as it ends (`nexus_trio.observe.observer`).
+
+A subscriber that falls `BUFFER` messages behind is dropped — its channel is
+closed, and its WebSocket ends — so one slow browser never slows the others or
+the requests. Messages are never cut or skipped for size: a subscriber gets
+every message whole, or is told it was dropped by its connection closing.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import trio
+
+from nexus_trio.config import RoutingSettings
+from nexus_trio.observe.views import backend_view, models_view
+from nexus_trio.registry import Registry, RegistryEvent
+
+__all__ = ["BUFFER", "Feed"]
+
+BUFFER = 512
+
+BACKEND_STATUS = "BackendStatus"
+MODEL_CHANGE = "ModelChange"
+REQUEST_COMPLETE = "RequestComplete"
+
+
+class Feed:
+    """Publish-subscribe for the dashboard's messages."""
+
+    def __init__(self, buffer: int = BUFFER) -> None:
+        self._buffer = buffer
+        self._subscribers: list[trio.MemorySendChannel[str]] = []
+
+    @property
+    def subscribers(self) -> int:
+        return len(self._subscribers)
+
+    def subscribe(self) -> trio.MemoryReceiveChannel[str]:
+        """A channel of every later message; close it to leave. It ends (closes) if
+        the subscriber falls behind."""
+        send, receive = trio.open_memory_channel[str](self._buffer)
+        self._subscribers.append(send)
+        return receive
+
+    def publish(self, update_type: str, data: Any) -> None:
+        """Send one message to every subscriber, without waiting for any of them."""
+        if not self._subscribers:
+            return
+        text = json.dumps({"update_type": update_type, "data": data}, separators=(",", ":"))
+        alive = []
+        for channel in self._subscribers:
+            try:
+                channel.send_nowait(text)
+            except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+                channel.close()  # too slow, or gone
+                continue
+            alive.append(channel)
+        self._subscribers = alive
+
+    async def run(
+        self,
+        registry: Registry,
+        routing: RoutingSettings,
+        created: int,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Turn the registry's changes into messages, until cancelled."""
+        with registry.subscribe(buffer=float("inf")) as changes:
+            task_status.started()
+            async for event in changes:
+                self._translate(event, registry, routing, created)
+
+    def _translate(
+        self, event: RegistryEvent, registry: Registry, routing: RoutingSettings, created: int
+    ) -> None:
+        if event.kind == "backend_removed":
+            self.publish(BACKEND_STATUS, {"name": event.backend, "removed": True})
+        elif event.backend in registry:
+            self.publish(BACKEND_STATUS, backend_view(registry.get(event.backend)))
+        if event.kind in ("backend_added", "backend_removed", "models", "health"):
+            # The models' list says which are available: health changes that too.
+            self.publish(MODEL_CHANGE, {"models": models_view(registry, routing, created)})

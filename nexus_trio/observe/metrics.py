@@ -1,0 +1,148 @@
+"""Prometheus metrics (``GET /metrics``), via prometheus-client.
+
+Request metrics are counted as each request ends; the fleet's gauges (up, in
+flight, latency, models available) are read from the registry when Prometheus
+scrapes, so they are never stale and cost nothing between scrapes. Each
+Nexus has its own collector registry (several may run in one process: tests).
+
+Label values are bounded: ``model`` is a name some backend serves or the
+configuration names (an alias, a fallback), else ``"unknown"`` — never the
+client's string; ``backend`` is a backend's name; ``status``, ``type``,
+``phase`` and ``outcome`` come from fixed sets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
+
+from nexus_trio.observe.record import RequestRecord
+from nexus_trio.registry import Registry
+
+__all__ = ["CONTENT_TYPE", "Metrics"]
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+NO_BACKEND = "none"  # the backend label of a request nothing served
+
+# LLM requests run from milliseconds (an error) to minutes (a long answer).
+_DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+_TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class Metrics:
+    """Every Nexus metric, and their exposition."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "nexus_requests", "Requests answered, by model asked, backend, HTTP status, stream.",
+            ["model", "backend", "status", "stream"], registry=r,
+        )  # fmt: skip
+        self.duration = Histogram(
+            "nexus_request_duration_seconds", "Time from request to the end of its answer.",
+            ["model", "backend"], buckets=_DURATION_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.ttft = Histogram(
+            "nexus_time_to_first_token_seconds", "Time from request to the first token relayed.",
+            ["model", "backend"], buckets=_TTFT_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.tokens = Counter(
+            "nexus_tokens", "Tokens the backends reported (type: prompt or completion).",
+            ["model", "backend", "type"], registry=r,
+        )  # fmt: skip
+        self.failovers = Counter(
+            "nexus_failovers", "Requests moved from a failed backend to another.",
+            ["from_backend", "to_backend", "phase"], registry=r,
+        )  # fmt: skip
+        self.failed_attempts = Counter(
+            "nexus_backend_failures", "Attempts at a backend that failed (any phase).",
+            ["backend"], registry=r,
+        )  # fmt: skip
+        self.fallbacks = Counter(
+            "nexus_fallbacks", "Requests served by a fallback model.",
+            ["from_model", "to_model"], registry=r,
+        )  # fmt: skip
+        self.hedges = Counter(
+            "nexus_hedges", "Hedged attempts, by whether the hedge won.", ["outcome"], registry=r
+        )
+        self.errors = Counter(
+            "nexus_errors", "Requests that ended in an error, by its code.", ["type"], registry=r
+        )
+        r.register(_FleetCollector(registry))
+        ProcessCollector(registry=r)
+
+    def observe(self, record: RequestRecord, model: str) -> None:
+        """Count one finished request; ``model`` is its bounded model label."""
+        backend = record.backend or NO_BACKEND
+        stream = "true" if record.stream else "false"
+        self.requests.labels(model, backend, str(record.status), stream).inc()
+        self.duration.labels(model, backend).observe(record.latency_seconds)
+        if record.ttft_seconds is not None:
+            self.ttft.labels(model, backend).observe(record.ttft_seconds)
+        if record.prompt_tokens:
+            self.tokens.labels(model, backend, "prompt").inc(record.prompt_tokens)
+        if record.completion_tokens:
+            self.tokens.labels(model, backend, "completion").inc(record.completion_tokens)
+        for failover in record.failovers:
+            if failover.to_backend is not None:
+                self.failovers.labels(
+                    failover.from_backend, failover.to_backend, failover.phase
+                ).inc()
+            self.failed_attempts.labels(failover.from_backend).inc()
+        if record.fallback_from is not None and record.served_model is not None:
+            self.fallbacks.labels(model, record.served_model).inc()
+        if record.hedges_started:
+            self.hedges.labels("won").inc(record.hedges_won)
+            self.hedges.labels("lost").inc(record.hedges_started - record.hedges_won)
+        if record.error is not None:
+            self.errors.labels(record.error).inc()
+
+    def exposition(self) -> bytes:
+        """The Prometheus text format of every metric, as of now."""
+        return generate_latest(self.registry)
+
+
+class _FleetCollector(Collector):
+    """Gauges read from the registry at scrape time."""
+
+    def __init__(self, registry: Registry) -> None:
+        self._registry = registry
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily(
+            "nexus_backend_up", "1 if the backend is in rotation, else 0.", labels=["backend"]
+        )
+        in_flight = GaugeMetricFamily(
+            "nexus_backend_in_flight", "Requests in flight at the backend.", labels=["backend"]
+        )
+        latency = GaugeMetricFamily(
+            "nexus_backend_latency_seconds",
+            "The backend's recent time to first token (moving average).",
+            labels=["backend"],
+        )
+        available: set[str] = set()
+        for backend in self._registry:
+            up.add_metric([backend.name], 1.0 if backend.routable else 0.0)
+            in_flight.add_metric([backend.name], backend.in_flight)
+            if backend.ttft_ewma_seconds is not None:
+                latency.add_metric([backend.name], backend.ttft_ewma_seconds)
+            if backend.routable:
+                available.update(backend.models)
+        yield up
+        yield in_flight
+        yield latency
+        yield GaugeMetricFamily(
+            "nexus_models_available", "Models at least one backend in rotation serves.",
+            value=len(available),
+        )  # fmt: skip

@@ -1,0 +1,42 @@
+"""The fleet as the dashboard and its WebSocket show it (pure).
+
+Never a backend's URL or key: the dashboard is served on the API's port to
+whoever can reach it. Names are data, sent as JSON strings; the page renders
+them as text (mDNS names are chosen by whoever announces).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from nexus_trio.api.models import model_entries
+from nexus_trio.config import RoutingSettings
+from nexus_trio.registry import Backend
+
+__all__ = ["backend_view", "models_view"]
+
+
+def backend_view(backend: Backend) -> dict[str, Any]:
+    """One backend: status, type, where it was found, models, load, latency."""
+    ttft = backend.ttft_ewma_seconds
+    return {
+        "name": backend.name,
+        "type": backend.type.value,
+        "status": backend.health.value,
+        "routable": backend.routable,
+        "detail": backend.health_detail or None,
+        "source": backend.source,
+        "sources": sorted(backend.sources),
+        "priority": backend.priority,
+        "models": sorted(backend.models),
+        "in_flight": backend.in_flight,
+        "latency_ms": None if ttft is None else round(ttft * 1000, 1),
+    }
+
+
+def models_view(
+    backends: Iterable[Backend], routing: RoutingSettings, created: int
+) -> list[dict[str, Any]]:
+    """Every model (and alias) with the backends that serve it, as ``/v1/models`` has it."""
+    return model_entries(list(backends), routing.aliases, routing.resolve_alias, created)
