@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from nexus_trio.logs import JsonFormatter, RequestLine
+from nexus_trio.config import LoggingSettings
+from nexus_trio.logs import JsonFormatter, RequestLine, configure_logging
 
 from helpers import sim
 
@@ -55,3 +56,50 @@ async def test_one_line_per_request_without_prompt_text(
     assert record["message"] == "request"
     assert record["backend"] == "b"
     assert record["level"] == "info"
+    assert record["route"] == served["route"]
+    assert record["prompt_tokens"] > 0
+    assert record["completion_tokens"] > 0
+    assert "messages" not in record
+
+
+async def test_content_is_logged_only_when_asked(
+    start_nexus: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    a = sim("a")
+    nexus = await start_nexus([a], logging={"content": True})
+    body = {"model": "llama3:8b", "messages": [{"role": "user", "content": PROMPT}]}
+    answer = (await nexus.http.post("/v1/chat/completions", json=body)).json()
+    text = ""
+    async with nexus.http.stream(
+        "POST", "/v1/chat/completions", json={**body, "stream": True}
+    ) as response:
+        async for line in response.aiter_lines():
+            if line.startswith("data: {"):
+                for choice in json.loads(line[6:])["choices"]:
+                    text += choice["delta"].get("content") or ""
+    await nexus.settled()
+    plain, streamed = (r.msg.fields for r in caplog.records if r.name == "nexus.request")
+    assert plain["messages"] == body["messages"]
+    assert plain["answer"] == answer["choices"][0]["message"]["content"]
+    assert streamed["answer"] == text
+    assert PROMPT in JsonFormatter().format(caplog.records[-1])
+
+
+def test_component_levels_set_each_loggers_level() -> None:
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    names = ("nexus.request", "nexus.health", "httpx")
+    try:
+        configure_logging(
+            LoggingSettings(
+                level="info",
+                component_levels={"request": "warning", "nexus.health": "DEBUG", "httpx": "error"},
+            )
+        )
+        levels = [logging.getLogger(name).level for name in names]
+        assert levels == [logging.WARNING, logging.DEBUG, logging.ERROR]
+    finally:
+        root.handlers[:], root.level = saved
+        for name in names:
+            logging.getLogger(name).setLevel(logging.NOTSET)
