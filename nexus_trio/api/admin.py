@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 from quart import Blueprint, Response, jsonify, request
 
-from nexus_trio.api.models import model_entries
+from nexus_trio.catalog import model_entries
 from nexus_trio.config import BackendType
 from nexus_trio.discovery.found import Found
 from nexus_trio.errors import (

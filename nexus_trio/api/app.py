@@ -20,8 +20,8 @@ from nexus_trio import __version__
 from nexus_trio.api.admin import make_admin_blueprint
 from nexus_trio.api.chat import ASGIDownstream, handle_chat
 from nexus_trio.api.dashboard import make_dashboard_blueprint
-from nexus_trio.api.models import model_entries, model_entry
 from nexus_trio.api.observe import make_observe_blueprint
+from nexus_trio.catalog import model_entries, model_entry
 from nexus_trio.errors import ModelNotFound, NexusError, error_body
 from nexus_trio.gateway import Gateway
 from nexus_trio.routing.router import nearest_models

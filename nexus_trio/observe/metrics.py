@@ -45,7 +45,7 @@ class Metrics:
 
     def __init__(self, registry: Registry) -> None:
         # The `*_created` series double the exposition and no dashboard reads them.
-        disable_created_metrics()
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from nexus_trio.api.models import model_entries
+from nexus_trio.catalog import model_entries
 from nexus_trio.config import RoutingSettings
 from nexus_trio.registry import Backend
 

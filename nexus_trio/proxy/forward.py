@@ -27,7 +27,6 @@ all leave the counters as they found them.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -35,6 +34,7 @@ from typing import Any
 import httpx
 import trio
 
+from nexus_trio import jsonparse
 from nexus_trio.config import MidStream, RoutingSettings
 from nexus_trio.errors import (
     AllBackendsFailed,
@@ -85,7 +85,7 @@ async def attempt_json(attempt: Attempt, candidate: Candidate, body: bytes) -> N
     if deadline.cancelled_caught:
         raise BackendTimeout(backend.name, f"no answer within {timeouts.request_seconds:g} s")
     try:
-        parsed = json.loads(answer)
+        parsed = jsonparse.loads(answer)
     except ValueError:
         parsed = None
     if not isinstance(parsed, dict) or "choices" not in parsed:

@@ -20,6 +20,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from nexus_trio import jsonparse
 from nexus_trio.errors import BackendError, BackendProtocolError
 from nexus_trio.proxy.sse import SSEEvent
 
@@ -218,7 +219,7 @@ def add_usage(totals: dict[str, int], usage: object) -> None:
 
 def _parse(data: str, backend: str) -> dict[str, Any]:
     try:
-        chunk = json.loads(data)
+        chunk = jsonparse.loads(data)
     except ValueError:
         raise BackendProtocolError(backend, "sent an SSE event that is not JSON") from None
     if not isinstance(chunk, dict):

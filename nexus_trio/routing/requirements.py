@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from nexus_trio import jsonparse
 from nexus_trio.errors import RequestError
 
 __all__ = ["ChatRequest", "Requirements", "parse_chat_request"]
@@ -108,7 +109,7 @@ def parse_chat_request(body: bytes) -> ChatRequest:
             the error names the field.
     """
     try:
-        payload = json.loads(body)
+        payload = jsonparse.loads(body)
     except RecursionError:
         raise _invalid("The request body nests JSON too deeply.", None) from None
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors

@@ -1,4 +1,4 @@
-"""The fleet as the OpenAI API shows it: ``/v1/models`` entries, merged across backends (pure)."""
+"""The models the fleet serves, merged across backends, as `/v1/models` shows them (pure)."""
 
 from __future__ import annotations
 
