@@ -32,9 +32,11 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """What Nexus adds to a request, measured on loopback (not part of CI)."""
-    session.install(".")
-    session.run("python", "benchmarks/bench_overhead.py", *session.posargs)
+    """Nexus beside direct, nginx and LiteLLM on loopback: latency, throughput, streaming,
+    memory, routing, start-up; a table, results JSON and chart (not part of CI;
+    `nox -s bench -- --quick` to try it)."""
+    session.install(".", "matplotlib")
+    session.run("python", "benchmarks/suite.py", *session.posargs)
 
 
 @nox.session

@@ -173,8 +173,8 @@ def main() -> None:
             "warning",
         ],
     )
-    _wait_healthy(nexus_url)
     try:
+        _wait_healthy(nexus_url)  # inside the try: a Nexus that never starts stops both
         results = trio.run(_measure, direct, nexus_url, args.requests, args.rounds)
     finally:
         for process in (nexus, upstream):
