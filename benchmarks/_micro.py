@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import time
 import timeit
@@ -97,3 +98,4 @@ def startup_seconds(group: ProcessGroup) -> dict[str, Any]:
     finally:
         group.stop(process)
         group.processes.remove(process)
+        shutil.rmtree(tmp, ignore_errors=True)
