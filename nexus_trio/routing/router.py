@@ -16,6 +16,7 @@ import difflib
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from nexus_trio.config import RoutingSettings, Strategy
 from nexus_trio.errors import (
@@ -29,15 +30,43 @@ from nexus_trio.errors import (
 from nexus_trio.registry import Backend, Capability
 from nexus_trio.routing.requirements import Requirements
 
-__all__ = ["Candidate", "RouteDecision", "nearest_models", "plan_route", "rank"]
+__all__ = ["Candidate", "RouteDecision", "Why", "nearest_models", "plan_route", "rank"]
 
 
-@dataclass(frozen=True, slots=True)
-class Candidate:
+# What ranked a backend, as of the decision: the strategy, then its numbers (see `rank`).
+Why = tuple[object, ...]
+
+
+class Candidate(NamedTuple):
+    """A backend that can serve the request, and the model to ask it for. A tuple: one is
+    made per backend ranked, for every request."""
+
     backend: Backend
     model: str  # the model id to ask this backend for
-    reason: str
+    why: Why
     fallback_from: str | None = None  # the model the client asked for, when this is a fallback
+    via: str = ""  # "alias:a->b;" or "fallback:a->b;" when the model is not the one asked for
+
+    @property
+    def reason(self) -> str:
+        """Why this backend, for ``X-Nexus-Route-Reason``; put in words only when asked
+        (one candidate per request is), not for every backend ranked."""
+        return self.via + _explain(self.why)
+
+
+def _explain(why: Why) -> str:
+    strategy = why[0]
+    if strategy is Strategy.RANDOM:
+        return "random"
+    if strategy is Strategy.ROUND_ROBIN:
+        return f"round_robin:turn={why[1]}"
+    if strategy is Strategy.PRIORITY:
+        return f"priority:{why[1]}"
+    if strategy is Strategy.LEAST_BUSY:
+        return f"least_busy:load={why[1]:.2f}"
+    _, priority, cold, load, ttft = why
+    shown = f"{ttft * 1000:.0f}ms" if isinstance(ttft, float) else "n/a"
+    return f"smart:priority={priority}{',cold' if cold else ''},load={load:.2f},ttft={shown}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,11 +97,12 @@ def rank(
     turn: int,
     rng: random.Random | None = None,
     model: str | None = None,
-) -> list[tuple[Backend, str]]:
+) -> list[tuple[Backend, Why]]:
     """Order eligible backends by the strategy; equal ones rotate with ``turn``.
 
-    Returns (backend, reason) pairs, best first. ``model`` lets `smart` prefer
-    backends that have it loaded already.
+    Returns (backend, why) pairs, best first: ``why`` holds the strategy and the
+    numbers it ranked by (`Candidate.reason` puts them in words). ``model`` lets
+    `smart` prefer backends that have it loaded already.
     """
     n = len(backends)
     if n == 0:
@@ -80,39 +110,39 @@ def rank(
     if strategy is Strategy.RANDOM:
         shuffled = list(backends)
         (rng or random.Random(turn)).shuffle(shuffled)
-        return [(b, "random") for b in shuffled]
-
-    def rotation(i: int) -> int:
-        return (i - turn) % n
-
-    order = range(n)
+        return [(b, (strategy,)) for b in shuffled]
+    # Each row: the sort key, the rotation (unique, so rows never compare further), the
+    # backend. Built in one pass: this runs for every request over every eligible backend.
     if strategy is Strategy.ROUND_ROBIN:
-        ranked = sorted(order, key=rotation)
-        return [(backends[i], f"round_robin:turn={turn % n}") for i in ranked]
+        why: Why = (strategy, turn % n)
+        rows = sorted(((i - turn) % n, b) for i, b in enumerate(backends))
+        return [(b, why) for _, b in rows]
     if strategy is Strategy.PRIORITY:
-        ranked = sorted(order, key=lambda i: (backends[i].priority, rotation(i)))
-        return [(backends[i], f"priority:{backends[i].priority}") for i in ranked]
+        ranked = sorted((b.priority, (i - turn) % n, b) for i, b in enumerate(backends))
+        return [(b, (strategy, priority)) for priority, _, b in ranked]
     if strategy is Strategy.LEAST_BUSY:
-        ranked = sorted(order, key=lambda i: (backends[i].load, rotation(i)))
-        return [(backends[i], f"least_busy:load={backends[i].load:.2f}") for i in ranked]
+        loads = sorted((b.load, (i - turn) % n, b) for i, b in enumerate(backends))
+        return [(b, (strategy, load)) for load, _, b in loads]
 
     # smart: the priority tier first; within it a backend with the model loaded
     # (no load time), then load relative to capacity, then how fast the backend
     # has been starting its answers. A backend without a TTFT sample yet ranks
     # as the best of its peers, so it gets one.
-    def smart_key(i: int) -> tuple[int, bool, float, float, int]:
-        b = backends[i]
-        cold = model is not None and not b.is_warm(model)
-        return (b.priority, cold, b.load, b.ttft_ewma_seconds or 0.0, rotation(i))
-
-    ranked = sorted(order, key=smart_key)
-    out = []
-    for i in ranked:
-        b = backends[i]
-        ttft = f"{b.ttft_ewma_seconds * 1000:.0f}ms" if b.ttft_ewma_seconds is not None else "n/a"
-        warmth = ",cold" if model is not None and not b.is_warm(model) else ""
-        out.append((b, f"smart:priority={b.priority}{warmth},load={b.load:.2f},ttft={ttft}"))
-    return out
+    smart = sorted(
+        (
+            b.priority,
+            model is not None and b.warm_models is not None and model not in b.warm_models,
+            b.in_flight / (b.max_concurrency or b.slots or 1),
+            b.ttft_ewma_seconds or 0.0,
+            (i - turn) % n,
+            b,
+        )
+        for i, b in enumerate(backends)
+    )
+    return [
+        (b, (strategy, priority, cold, load, b.ttft_ewma_seconds))
+        for priority, cold, load, _, _, b in smart
+    ]
 
 
 def _why_none(model: str, serving: Sequence[Backend], needs: Requirements) -> NexusError:
@@ -152,13 +182,25 @@ def _why_none(model: str, serving: Sequence[Backend], needs: Requirements) -> Ne
 
 
 def _eligible(backends: Sequence[Backend], model: str, needs: Requirements) -> list[Backend]:
+    """The backends that serve ``model`` and can take this request now."""
+    if needs.vision or needs.tools or needs.json:
+        return [
+            b
+            for b in backends
+            if model in b.models
+            and b.routable
+            and not b.saturated
+            and _incapability(b, model, needs) is None
+        ]
+    # Most requests need only the context: checked inline (this runs over the fleet).
+    tokens = needs.context_tokens
     return [
         b
         for b in backends
-        if model in b.models
+        if (info := b.models.get(model)) is not None
+        and (info.context_length is None or tokens <= info.context_length)
         and b.routable
         and not b.saturated
-        and _incapability(b, model, needs) is None
     ]
 
 
@@ -190,20 +232,23 @@ def plan_route(
     fallbacks = (*routing.fallbacks.get(needs.model, ()), *routing.fallbacks.get(model, ()))
     chain = dict.fromkeys((model, *(routing.resolve_alias(m) for m in fallbacks)))
     for position, name in enumerate(chain):
-        serving = [b for b in backends if name in b.models]
-        if not serving:
-            continue
-        eligible = _eligible(serving, name, needs)
+        eligible = _eligible(backends, name, needs)
         if not eligible:
-            first_error = first_error or _why_none(name, serving, needs)
+            serving = [b for b in backends if name in b.models]
+            if serving:
+                first_error = first_error or _why_none(name, serving, needs)
             continue
         fallback_from = needs.model if position else None
-        for backend, reason in rank(eligible, routing.strategy, turn=turn, rng=rng, model=name):
-            if fallback_from:
-                reason = f"fallback:{model}->{name};{reason}"
-            elif name != needs.model:
-                reason = f"alias:{needs.model}->{name};{reason}"
-            candidates.append(Candidate(backend, name, reason, fallback_from))
+        if fallback_from:
+            via = f"fallback:{model}->{name};"
+        elif name != needs.model:
+            via = f"alias:{needs.model}->{name};"
+        else:
+            via = ""
+        candidates += [
+            Candidate(backend, name, why, fallback_from, via)
+            for backend, why in rank(eligible, routing.strategy, turn=turn, rng=rng, model=name)
+        ]
     if candidates:
         return RouteDecision(needs.model, model, tuple(candidates))
     if first_error is not None:
