@@ -33,7 +33,9 @@ async def wait_for_rotation(
 ) -> T | None:
     """``look()`` now, and again at each backend coming back into rotation, for up to
     ``seconds``; its first answer that is not None, or None."""
-    # Subscribed before the first look, so a backend that returns in between is not missed.
+    if (found := look()) is not None:
+        return found  # the common case: no subscription needed
+    # Subscribed before looking again, so a backend that returns in between is not missed.
     with registry.subscribe(buffer=math.inf) as changes:
         if (found := look()) is not None:
             return found
