@@ -8,11 +8,10 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-import httpx
-
 from nexus_trio.config import Settings
 from nexus_trio.drain import Drain
 from nexus_trio.observe import Observer
+from nexus_trio.proxy.upstream import UpstreamClient
 from nexus_trio.registry import Registry
 
 if TYPE_CHECKING:
@@ -26,7 +25,7 @@ __all__ = ["Gateway"]
 class Gateway:
     settings: Settings
     registry: Registry
-    client: httpx.AsyncClient
+    client: UpstreamClient
     observer: Observer
     started_at: float = field(default_factory=time.monotonic)
     # Unix time of the start: the ``created`` of every model Nexus lists.

@@ -14,6 +14,7 @@ import httpx
 
 from nexus_trio.config import TimeoutSettings
 from nexus_trio.errors import BackendError, BackendStatus
+from nexus_trio.proxy.upstream import UpstreamClient
 from nexus_trio.registry import Backend, Registry
 from nexus_trio.routing.router import Candidate
 
@@ -118,7 +119,7 @@ class Outcome:
 class Attempt:
     """What every try at a backend for one request shares."""
 
-    client: httpx.AsyncClient
+    client: UpstreamClient
     registry: Registry
     timeouts: TimeoutSettings
     request_id: str

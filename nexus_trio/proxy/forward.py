@@ -66,22 +66,26 @@ async def attempt_json(attempt: Attempt, candidate: Candidate, body: bytes) -> N
     backend = candidate.backend
     timeouts, downstream, outcome = attempt.timeouts, attempt.downstream, attempt.outcome
     with trio.move_on_after(timeouts.request_seconds) as deadline:
+        response: httpx.Response | None = None
         try:
-            async with attempt.client.stream(
-                "POST",
+            response = await attempt.client.open_post(
                 backend.url + "/v1/chat/completions",
-                content=body,
-                headers={
+                {
                     **backend_headers(backend, attempt.request_id),
                     "content-type": "application/json",
                 },
-            ) as response:
-                if response.status_code != 200:
-                    raise await classify_status(response, candidate, attempt.registry)
-                answer = await response.aread()
-                content_type = response.headers.get("content-type", "application/json")
+                body,
+            )
+            if response.status_code != 200:
+                raise await classify_status(response, candidate, attempt.registry)
+            answer = await response.aread()
+            content_type = response.headers.get("content-type", "application/json")
         except httpx.HTTPError as exc:
             raise translate_httpx_error(backend.name, exc) from exc
+        finally:
+            if response is not None:
+                with trio.move_on_after(1, shield=True):
+                    await response.aclose()
     if deadline.cancelled_caught:
         raise BackendTimeout(backend.name, f"no answer within {timeouts.request_seconds:g} s")
     try:

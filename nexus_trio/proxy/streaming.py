@@ -112,16 +112,11 @@ async def open_stream(attempt: Attempt, candidate: Candidate, body: bytes) -> Op
     """
     backend = candidate.backend
     timeouts = attempt.timeouts_for(backend)
-    request = attempt.client.build_request(
-        "POST",
-        backend.url + "/v1/chat/completions",
-        content=body,
-        headers={
-            **backend_headers(backend, attempt.request_id),
-            "content-type": "application/json",
-            "accept-encoding": "identity",
-        },
-    )
+    headers = {
+        **backend_headers(backend, attempt.request_id),
+        "content-type": "application/json",
+        "accept-encoding": "identity",
+    }
     started = trio.current_time()
     backend.in_flight += 1
     response: httpx.Response | None = None
@@ -129,7 +124,9 @@ async def open_stream(attempt: Attempt, candidate: Candidate, body: bytes) -> Op
     try:
         with trio.move_on_after(timeouts.first_token_seconds):
             try:
-                response = await attempt.client.send(request, stream=True)
+                response = await attempt.client.open_post(
+                    backend.url + "/v1/chat/completions", headers, body
+                )
                 if response.status_code != 200:
                     raise await classify_status(response, candidate, attempt.registry)
                 content_type = response.headers.get("content-type", "")
