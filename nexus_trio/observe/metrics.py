@@ -14,6 +14,7 @@ client's string; ``backend`` is a backend's name; ``status``, ``type``,
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import NamedTuple
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -84,19 +85,33 @@ class Metrics:
         )
         r.register(_FleetCollector(registry))
         ProcessCollector(registry=r)
+        # Bounded like the labels: models served or configured, backends, a few statuses.
+        self._children: dict[tuple[str, str, int, bool], _Children] = {}
 
     def observe(self, record: RequestRecord, model: str) -> None:
         """Count one finished request; ``model`` is its bounded model label."""
         backend = record.backend or NO_BACKEND
-        stream = "true" if record.stream else "false"
-        self.requests.labels(model, backend, str(record.status), stream).inc()
-        self.duration.labels(model, backend).observe(record.latency_seconds)
+        key = (model, backend, record.status, bool(record.stream))
+        children = self._children.get(key)
+        if children is None:
+            # Looking children up by their labels takes a lock and a hash per metric;
+            # the same few label sets come back on every request.
+            stream = "true" if record.stream else "false"
+            children = self._children[key] = _Children(
+                self.requests.labels(model, backend, str(record.status), stream),
+                self.duration.labels(model, backend),
+                self.ttft.labels(model, backend),
+                self.tokens.labels(model, backend, "prompt"),
+                self.tokens.labels(model, backend, "completion"),
+            )
+        children.requests.inc()
+        children.duration.observe(record.latency_seconds)
         if record.ttft_seconds is not None:
-            self.ttft.labels(model, backend).observe(record.ttft_seconds)
+            children.ttft.observe(record.ttft_seconds)
         if record.prompt_tokens:
-            self.tokens.labels(model, backend, "prompt").inc(record.prompt_tokens)
+            children.prompt_tokens.inc(record.prompt_tokens)
         if record.completion_tokens:
-            self.tokens.labels(model, backend, "completion").inc(record.completion_tokens)
+            children.completion_tokens.inc(record.completion_tokens)
         for failover in record.failovers:
             if failover.to_backend is not None:
                 self.failovers.labels(
@@ -114,6 +129,16 @@ class Metrics:
     def exposition(self) -> bytes:
         """The Prometheus text format of every metric, as of now."""
         return generate_latest(self.registry)
+
+
+class _Children(NamedTuple):
+    """One request label set's metric children."""
+
+    requests: Counter
+    duration: Histogram
+    ttft: Histogram
+    prompt_tokens: Counter
+    completion_tokens: Counter
 
 
 class _FleetCollector(Collector):

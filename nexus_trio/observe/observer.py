@@ -7,11 +7,12 @@ hold a request up.
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from typing import Any
 
 from nexus_trio.config import Settings
-from nexus_trio.logs import log_request
+from nexus_trio.logs import log_request, request_logger
 from nexus_trio.observe.feed import BACKEND_STATUS, REQUEST_COMPLETE, Feed
 from nexus_trio.observe.metrics import Metrics
 from nexus_trio.observe.record import RequestRecord
@@ -55,7 +56,8 @@ class Observer:
         self.stats.add(record, label)
         self.metrics.observe(record, label)
         self.history.append(record)
-        log_request(record.log_fields())
+        if request_logger.isEnabledFor(logging.INFO):
+            log_request(record.log_fields())
         feed = self.feed
         if feed.subscribers:
             feed.publish(REQUEST_COMPLETE, record.to_json())
