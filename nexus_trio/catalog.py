@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from nexus_trio.config import RoutingSettings
 from nexus_trio.registry import Backend
 
-__all__ = ["model_entries", "model_entry"]
+__all__ = ["listed_models", "model_entries", "model_entry"]
 
 
 def model_entry(model: str, backends: Sequence[Backend], created: int) -> dict[str, Any] | None:
@@ -46,3 +47,10 @@ def model_entries(
         if target is not None:
             entries.append({**target, "id": alias, "alias_for": target["id"]})
     return entries
+
+
+def listed_models(
+    backends: Iterable[Backend], routing: RoutingSettings, created: int
+) -> list[dict[str, Any]]:
+    """``GET /v1/models``' list: `model_entries` with the configured aliases."""
+    return model_entries(list(backends), routing.aliases, routing.resolve_alias, created)

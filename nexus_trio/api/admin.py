@@ -139,7 +139,7 @@ def make_admin_blueprint(gateway: Gateway) -> Blueprint:
     async def list_models() -> Response:
         routing = gateway.settings.routing
         entries = model_entries(
-            gateway.registry.backends, {}, routing.resolve_alias, int(gateway.started_at)
+            gateway.registry.backends, {}, routing.resolve_alias, gateway.created
         )
         return jsonify(
             {

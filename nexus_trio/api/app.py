@@ -21,7 +21,7 @@ from nexus_trio.api.admin import make_admin_blueprint
 from nexus_trio.api.chat import ASGIDownstream, handle_chat
 from nexus_trio.api.dashboard import make_dashboard_blueprint
 from nexus_trio.api.observe import make_observe_blueprint
-from nexus_trio.catalog import model_entries, model_entry
+from nexus_trio.catalog import listed_models, model_entry
 from nexus_trio.errors import ModelNotFound, NexusError, error_body
 from nexus_trio.gateway import Gateway
 from nexus_trio.routing.router import nearest_models
@@ -64,9 +64,7 @@ def make_quart_app(gateway: Gateway) -> QuartTrio:
 
     @app.get("/v1/models")
     async def list_models() -> Response:
-        entries = model_entries(
-            registry.backends, routing.aliases, routing.resolve_alias, gateway.created
-        )
+        entries = listed_models(registry, routing, gateway.created)
         return jsonify({"object": "list", "data": entries})
 
     @app.get("/v1/models/<path:model_id>")

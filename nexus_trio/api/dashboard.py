@@ -16,8 +16,9 @@ import trio
 from quart import Blueprint, Response, websocket
 
 from nexus_trio import __version__
+from nexus_trio.catalog import listed_models
 from nexus_trio.gateway import Gateway
-from nexus_trio.observe.views import backend_view, models_view
+from nexus_trio.observe.views import backend_view
 
 __all__ = ["make_dashboard_blueprint", "snapshot"]
 
@@ -49,7 +50,7 @@ def snapshot(gateway: Gateway) -> dict[str, Any]:
         "uptime_seconds": round(gateway.uptime_seconds, 3),
         "draining": gateway.draining,
         "backends": [backend_view(b) for b in registry],
-        "models": models_view(registry, gateway.settings.routing, gateway.created),
+        "models": listed_models(registry, gateway.settings.routing, gateway.created),
         "requests": observer.recent(),
         "stats": observer.stats.to_json(),
     }

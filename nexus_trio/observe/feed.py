@@ -18,8 +18,9 @@ from typing import Any
 
 import trio
 
+from nexus_trio.catalog import listed_models
 from nexus_trio.config import RoutingSettings
-from nexus_trio.observe.views import backend_view, models_view
+from nexus_trio.observe.views import backend_view
 from nexus_trio.registry import Registry, RegistryEvent
 
 __all__ = ["BUFFER", "Feed"]
@@ -87,4 +88,4 @@ class Feed:
             self.publish(BACKEND_STATUS, backend_view(registry.get(event.backend)))
         if event.kind in ("backend_added", "backend_removed", "models", "health"):
             # The models' list says which are available: health changes that too.
-            self.publish(MODEL_CHANGE, {"models": models_view(registry, routing, created)})
+            self.publish(MODEL_CHANGE, {"models": listed_models(registry, routing, created)})

@@ -37,12 +37,15 @@ class Observer:
         self.feed = Feed()
         self.log_content = settings.logging.content
 
-    def model_label(self, model: str | None) -> str:
-        """``model`` if some backend serves it or the configuration names it, else
-        `UNKNOWN_MODEL`: what metrics and stats count, so that no client can grow
-        their label sets by sending made-up names."""
+    def model_label(self, record: RequestRecord) -> str:
+        """The model the client asked for if some backend serves it or the configuration
+        names it, else `UNKNOWN_MODEL`: what metrics and stats count, so that no client
+        can grow their label sets by sending made-up names."""
+        model = record.model
         if model is None:
             return UNKNOWN_MODEL
+        if record.backend is not None:
+            return model  # it was served, so it is known (a model, alias or fallback)
         routing = self._routing
         if model in routing.aliases or model in routing.fallbacks:
             return model
@@ -52,7 +55,7 @@ class Observer:
 
     def request_done(self, record: RequestRecord) -> None:
         """Count, log, keep and announce one finished request."""
-        label = self.model_label(record.model)
+        label = self.model_label(record)
         self.stats.add(record, label)
         self.metrics.observe(record, label)
         self.history.append(record)

@@ -7,14 +7,11 @@ them as text (mDNS names are chosen by whoever announces).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
-from nexus_trio.catalog import model_entries
-from nexus_trio.config import RoutingSettings
 from nexus_trio.registry import Backend
 
-__all__ = ["backend_view", "models_view"]
+__all__ = ["backend_view"]
 
 
 def backend_view(backend: Backend) -> dict[str, Any]:
@@ -33,10 +30,3 @@ def backend_view(backend: Backend) -> dict[str, Any]:
         "in_flight": backend.in_flight,
         "latency_ms": None if ttft is None else round(ttft * 1000, 1),
     }
-
-
-def models_view(
-    backends: Iterable[Backend], routing: RoutingSettings, created: int
-) -> list[dict[str, Any]]:
-    """Every model (and alias) with the backends that serve it, as ``/v1/models`` has it."""
-    return model_entries(list(backends), routing.aliases, routing.resolve_alias, created)
