@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import httpx
 
@@ -179,6 +179,28 @@ def wait_ready(
     raise RuntimeError(f"{contender.name} did not answer within {seconds:g} s ({last})\n{tail}")
 
 
+def _launch(
+    group: ProcessGroup,
+    contender: Contender,
+    port: int,
+    seconds: float,
+    log: Path,
+    command: list[str],
+    **spawn: Any,
+) -> Contender:
+    """Start ``contender``'s server with ``command`` on ``port`` and wait until it answers;
+    one that does not within ``seconds`` is stopped and reported missing, with its log."""
+    process = group.spawn(command, log=log, **spawn)
+    contender.url = f"http://127.0.0.1:{port}"
+    contender.process = process
+    try:
+        wait_ready(contender, process, seconds, log)
+    except RuntimeError as exc:
+        group.stop(process)
+        contender.missing = f"{contender.name} did not start: {exc}"
+    return contender
+
+
 # -- the upstream ------------------------------------------------------------------------------
 
 
@@ -254,19 +276,11 @@ def start_nginx(group: ProcessGroup, upstream: str, tmp: Path) -> Contender:
         NGINX_CONF.format(tmp=tmp, upstream=upstream.removeprefix("http://"), port=port)
     )
     log = tmp / "nginx-stderr.log"
-    process = group.spawn(
+    return _launch(
+        group, contender, port, 20, log,
         [*pin(SERVER_CORE), binary, "-p", str(tmp), "-e", str(tmp / "nginx-error.log"),
          "-c", str(conf), "-g", "daemon off;"],
-        log=log,
     )  # fmt: skip
-    contender.url = f"http://127.0.0.1:{port}"
-    contender.process = process
-    try:
-        wait_ready(contender, process, 20, log)
-    except RuntimeError as exc:
-        group.stop(process)
-        contender.missing = f"nginx did not start: {exc}"
-    return contender
 
 
 NEXUS_CONF: Final = """\
@@ -309,17 +323,10 @@ def start_nexus(group: ProcessGroup, upstream: str, tmp: Path) -> Contender:
     conf = tmp / "nexus.toml"
     conf.write_text(NEXUS_CONF.format(port=port, upstream=upstream))
     log = tmp / "nexus.log"
-    process = group.spawn(
-        [*pin(SERVER_CORE), *nexus_command(), "serve", "--config", str(conf)], log=log, cwd=tmp
-    )
-    contender.url = f"http://127.0.0.1:{port}"
-    contender.process = process
-    try:
-        wait_ready(contender, process, 30, log)
-    except RuntimeError as exc:
-        group.stop(process)
-        contender.missing = f"nexus did not start: {exc}"
-    return contender
+    return _launch(
+        group, contender, port, 30, log,
+        [*pin(SERVER_CORE), *nexus_command(), "serve", "--config", str(conf)], cwd=tmp,
+    )  # fmt: skip
 
 
 def litellm_venv(version: str = LITELLM_VERSION) -> Path:
@@ -410,19 +417,12 @@ def start_litellm(group: ProcessGroup, upstream: str, tmp: Path) -> Contender:
         NO_PROXY="*",
     )
     log = tmp / "litellm.log"
-    process = group.spawn(
+    return _launch(
+        group, contender, port, START_SECONDS, log,
         [*pin(SERVER_CORE), str(binary), "--config", str(conf), "--host", "127.0.0.1",
          "--port", str(port), "--num_workers", "1", "--telemetry", "False"],
-        env=env, log=log, cwd=tmp,
+        env=env, cwd=tmp,
     )  # fmt: skip
-    contender.url = f"http://127.0.0.1:{port}"
-    contender.process = process
-    try:
-        wait_ready(contender, process, START_SECONDS, log)
-    except RuntimeError as exc:
-        group.stop(process)
-        contender.missing = f"litellm did not start: {exc}"
-    return contender
 
 
 STARTERS: Final[Mapping[str, Callable[[ProcessGroup, str, Path], Contender]]] = {

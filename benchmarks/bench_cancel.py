@@ -26,16 +26,13 @@ import platform
 import statistics
 import time
 from collections.abc import Awaitable, Callable
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import httpx
 import trio
+from _pair import serve_pair
 
-from nexus_trio.config import settings_from_mapping
-from nexus_trio.gateway import Gateway
-from nexus_trio.supervisor import serve_nexus
 from nexus_trio.testing import Flavor, SimModel, SimulatedBackend
 
 RESULTS = Path(__file__).parent / "results"
@@ -126,22 +123,8 @@ async def _run_case(case: Case, routing: dict[str, Any], runs: int) -> list[floa
         for n in ("a", "b")
     )
     async with trio.open_nursery() as nursery:
-        for sim in (a, b):
-            await nursery.start(sim.serve)
-        config = {
-            "server": {"host": "127.0.0.1", "port": 0},
-            "discovery": {"enabled": False, "interfaces": ["127.0.0.1"]},
-            "health_check": {"interval_seconds": 3600},
-            "logging": {"level": "error"},
-            "routing": {"strategy": "priority", "wait_for_backend_seconds": 0, **routing},
-            "backends": [
-                {"name": "a", "url": a.url, "type": "vllm", "priority": 1},
-                {"name": "b", "url": b.url, "type": "vllm", "priority": 2},
-            ],
-        }
-        settings = settings_from_mapping(config, environ={})
-        gateway: Gateway = await nursery.start(
-            partial(serve_nexus, settings, environ={}, handle_signals=False)
+        gateway = await serve_pair(
+            nursery, a, b, routing={"wait_for_backend_seconds": 0, **routing}, log_level="error"
         )
         seconds = []
         async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as http:

@@ -18,15 +18,13 @@ import json
 import platform
 import statistics
 import time
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import httpx
 import trio
+from _pair import serve_pair
 
-from nexus_trio.config import settings_from_mapping
-from nexus_trio.supervisor import serve_nexus
 from nexus_trio.testing import Flavor, SimModel, SimulatedBackend
 from nexus_trio.testing._text import expected_answer
 
@@ -56,22 +54,7 @@ async def _measure(flavor: Flavor) -> dict[str, Any]:
     full = expected_answer("llama3:8b", MESSAGES)
     tokens = len(full.split())
     async with trio.open_nursery() as nursery:
-        for sim in (a, b):
-            await nursery.start(sim.serve)
-        config = {
-            "server": {"host": "127.0.0.1", "port": 0},
-            "discovery": {"enabled": False, "interfaces": ["127.0.0.1"]},
-            "health_check": {"interval_seconds": 3600},
-            "logging": {"level": "warning"},
-            "routing": {"strategy": "priority"},
-            "backends": [
-                {"name": "a", "url": a.url, "type": flavor.value, "priority": 1},
-                {"name": "b", "url": b.url, "type": flavor.value, "priority": 2},
-            ],
-        }
-        settings = settings_from_mapping(config, environ={})
-        gateway = await nursery.start(partial(serve_nexus, settings, environ={},
-                                              handle_signals=False))  # fmt: skip
+        gateway = await serve_pair(nursery, a, b)
         exact, seams, plain = 0, [], []
         async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as http:
             for cut in range(1, tokens):
