@@ -45,16 +45,15 @@ import os
 import signal
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import hypercorn.config
 import hypercorn.trio
 import trio
-from zeroconf import ServiceInfo
 
 from nexus_trio.api.app import make_app
 from nexus_trio.config import BackendType, Settings
 from nexus_trio.discovery import Found, run_discovery
-from nexus_trio.discovery.advertise import advertise, service_info_for
 from nexus_trio.drain import Drain
 from nexus_trio.fleet import Fleet, StateFile, default_state_path
 from nexus_trio.gateway import Gateway
@@ -63,6 +62,9 @@ from nexus_trio.observe import Observer
 from nexus_trio.proxy.upstream import open_upstream_client
 from nexus_trio.registry import Backend, Registry
 from nexus_trio.testing import SimulatedBackend, demo_fleet, serve_fleet
+
+if TYPE_CHECKING:
+    from zeroconf import ServiceInfo
 
 __all__ = ["serve_nexus"]
 
@@ -110,6 +112,10 @@ LOOPBACK = ("127.0.0.1",)
 
 def demo_announcements(fleet: Sequence[SimulatedBackend]) -> list[ServiceInfo]:
     """mDNS announcements of the demo fleet, as `nexus advertise` would make them."""
+    # Imported here, as mDNS browsing is (`run_discovery`): zeroconf takes 3 MB resident,
+    # loaded only when something announces or browses.
+    from nexus_trio.discovery.advertise import service_info_for
+
     return [
         service_info_for(
             sim.url, BackendType(sim.flavor.value), sim.name, models=[m.id for m in sim.models]
@@ -172,6 +178,8 @@ async def serve_nexus(
         if fleet_sims:
             # Not awaited: zeroconf first checks for ~1.5 s that the names are free, and
             # the demo's own backends are registered directly anyway.
+            from nexus_trio.discovery.advertise import advertise
+
             root.start_soon(
                 advertise, demo_announcements(fleet_sims), settings.discovery.interfaces
             )

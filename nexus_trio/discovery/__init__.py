@@ -16,7 +16,6 @@ import trio
 
 from nexus_trio.config import DiscoverySettings
 from nexus_trio.discovery.found import Found
-from nexus_trio.discovery.mdns import run_mdns_browser
 from nexus_trio.discovery.probe import run_local_probe
 
 __all__ = ["Found", "run_discovery"]
@@ -39,6 +38,9 @@ async def run_discovery(
     """
     async with found, trio.open_nursery() as nursery:
         if settings.enabled:
+            # zeroconf (3 MB resident) is loaded only when mDNS runs.
+            from nexus_trio.discovery.mdns import run_mdns_browser
+
             where = ", ".join(settings.interfaces) or "all interfaces"
             log.info("discovery: browsing %s on %s", " ".join(settings.service_types), where)
             await nursery.start(run_mdns_browser, settings, found)
