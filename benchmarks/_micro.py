@@ -7,33 +7,43 @@ import shutil
 import tempfile
 import time
 import timeit
+from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import httpx
 from _contenders import SERVER_CORE, ProcessGroup, free_port, nexus_command, pin
+
+if TYPE_CHECKING:
+    from nexus_trio.config import RoutingSettings
+    from nexus_trio.registry import Registry
+    from nexus_trio.routing.requirements import Requirements
+    from nexus_trio.routing.router import Candidate
 
 ROUTING_MODEL: Final = "llama3:8b"
 STARTUP_DEADLINE_SECONDS: Final = 60.0
 
 
-def routing_times(sizes: tuple[int, ...], repeats: int) -> dict[int, list[float]]:
-    """Microseconds per ``plan_route`` call over ``size`` backends, ``repeats`` times each.
+def routing_times(sizes: tuple[int, ...], repeats: int) -> dict[str, dict[int, list[float]]]:
+    """Microseconds per routing decision over ``size`` backends, ``repeats`` times each.
 
-    Every backend serves the requested model and is healthy, so every one is ranked: the
-    worst case of a fleet that size. They differ in priority, load and TTFT, so `smart`
-    has something to sort.
+    "decision": `plan_route` as a chat request calls it (the registry's roster of the
+    model, the first candidate read). "roster": building that roster again, which
+    happens once after each change to the fleet (health, models, sources), not per
+    request. Every backend serves the requested model and is healthy, so every one is
+    ranked: the worst case of a fleet that size. They differ in priority, load and TTFT,
+    so `smart` has something to sort.
     """
     from nexus_trio.config import BackendType, RoutingSettings
-    from nexus_trio.registry import Backend, Health, ModelInfo
+    from nexus_trio.registry import Backend, Health, ModelInfo, Registry, Roster
     from nexus_trio.routing.requirements import Requirements
-    from nexus_trio.routing.router import plan_route
 
     routing = RoutingSettings()
     needs = Requirements(model=ROUTING_MODEL, stream=True, context_tokens=200)
-    out: dict[int, list[float]] = {}
+    out: dict[str, dict[int, list[float]]] = {"decision": {}, "roster": {}}
     for size in sizes:
-        backends = [
+        registry = Registry(
             Backend(
                 name=f"backend-{i}",
                 url=f"http://127.0.0.1:{10_000 + i}",
@@ -49,12 +59,30 @@ def routing_times(sizes: tuple[int, ...], repeats: int) -> dict[int, list[float]
                 ttft_ewma_seconds=0.02 + (i % 7) / 100,
             )
             for i in range(size)
-        ]
+        )
         turn = iter(range(10**9))
-        timer = timeit.Timer(lambda: plan_route(needs, backends, routing, turn=next(turn)))  # noqa: B023
-        calls, _ = timer.autorange()
-        out[size] = [t / calls * 1e6 for t in timer.repeat(repeats, calls)]
+        decide = partial(_decide, registry, needs, routing, turn)
+        rebuild = partial(Roster.of, registry.backends, ROUTING_MODEL)
+        out["decision"][size] = _microseconds_per_call(decide, repeats)
+        out["roster"][size] = _microseconds_per_call(rebuild, repeats)
     return out
+
+
+def _decide(
+    registry: Registry, needs: Requirements, routing: RoutingSettings, turn: Iterator[int]
+) -> Candidate:
+    from nexus_trio.routing.router import plan_route
+
+    decision = plan_route(
+        needs, registry.backends, routing, turn=next(turn), rosters=registry.roster
+    )
+    return decision.candidates[0]
+
+
+def _microseconds_per_call(call: Callable[[], object], repeats: int) -> list[float]:
+    timer = timeit.Timer(call)
+    calls, _ = timer.autorange()
+    return [t / calls * 1e6 for t in timer.repeat(repeats, calls)]
 
 
 STARTUP_CONF: Final = """\

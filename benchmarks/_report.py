@@ -183,6 +183,7 @@ ROWS: Final[tuple[tuple[str, str, str, int] | None, ...]] = (
     ("routing, 10 backends", "routing.us_10", "µs", 2),
     ("routing, 100 backends", "routing.us_100", "µs", 2),
     ("routing, 1,000 backends", "routing.us_1000", "µs", 1),
+    ("roster rebuild after a fleet change, 100 backends", "routing.roster_us_100", "µs", 1),
     ("start-up to first answer", "startup.seconds", "s", 2),
 )
 

@@ -37,6 +37,7 @@ __all__ = [
     "ModelInfo",
     "Registry",
     "RegistryEvent",
+    "Roster",
     "Secret",
     "Source",
     "endpoint_of",
@@ -211,6 +212,56 @@ def api_root(url: str) -> str:
     return url[: -len("/v1")] if url.endswith("/v1") else url
 
 
+# One backend as routing sees it for one model: the backend, what it said about the model,
+# its tier, its capacity (what its load is relative to) and its max_concurrency (inf when
+# unlimited). The tier orders by priority, then warm before cold (the model known not to
+# be loaded): ``priority * 2 + cold``, one number where a pair would cost more to compare.
+# A plain tuple: routing unpacks one for every eligible backend of every request.
+RosterEntry = tuple[Backend, ModelInfo, int, int, float]
+
+
+@dataclass(frozen=True, slots=True)
+class Roster:
+    """The backends that list one model, and the facts routing reads about each that
+    change only when the fleet does (health, sources, models, what is loaded, slots).
+
+    ``Registry.roster`` keeps one per model until the next such change, so a routing
+    decision reads only the load and TTFT of the backends in rotation for the model,
+    never the rest of the fleet.
+    """
+
+    model: str
+    listing: tuple[Backend, ...]  # every backend listing the model, in rotation or not
+    ready: tuple[RosterEntry, ...]  # those in rotation, in fleet order
+    shortest_context: int | None  # the least context length known among ``ready``
+    capabilities_known: bool  # some backend in ``ready`` said what the model can do
+    limited: bool  # some backend in ``ready`` has a max_concurrency
+
+    @classmethod
+    def of(cls, backends: Iterable[Backend], model: str) -> Roster:
+        listing = tuple(b for b in backends if model in b.models)
+        ready = tuple(
+            (
+                b,
+                b.models[model],
+                b.priority * 2 + (not b.is_warm(model)),
+                b.max_concurrency or b.slots or 1,
+                math.inf if b.max_concurrency is None else b.max_concurrency,
+            )
+            for b in listing
+            if b.routable
+        )
+        contexts = [e[1].context_length for e in ready if e[1].context_length is not None]
+        return cls(
+            model,
+            listing,
+            ready,
+            min(contexts, default=None),
+            any(e[1].capabilities is not None for e in ready),
+            any(e[0].max_concurrency is not None for e in ready),
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class RegistryEvent:
     """A change subscribers hear about: ``kind`` names it, ``backend`` is whose."""
@@ -229,6 +280,7 @@ class Registry:
         self.started_at = time.monotonic()
         self.rotation = 0  # bumped per routing decision; rotates ties
         self._subscribers: list[trio.MemorySendChannel[RegistryEvent]] = []
+        self._rosters: dict[str, Roster] = {}  # by model; emptied by every change
         for backend in backends:
             self.add(backend)
 
@@ -249,6 +301,13 @@ class Registry:
     def model_ids(self) -> list[str]:
         """Every model id any backend serves, healthy or not, sorted."""
         return sorted({m for b in self.backends for m in b.models})
+
+    def roster(self, model: str) -> Roster:
+        """The backends listing ``model`` as routing reads them; kept until the fleet changes."""
+        roster = self._rosters.get(model)
+        if roster is None:
+            roster = self._rosters[model] = Roster.of(self.backends, model)
+        return roster
 
     def next_turn(self) -> int:
         self.rotation += 1
@@ -277,8 +336,10 @@ class Registry:
     def record_checkup(self, backend: Backend, checkup: Checkup) -> None:
         """Take in what a health check found: models, what is warm, slots."""
         self.set_models(backend, checkup.models)
-        backend.warm_models = checkup.warm_models
-        backend.slots = checkup.slots
+        if (checkup.warm_models, checkup.slots) != (backend.warm_models, backend.slots):
+            backend.warm_models = checkup.warm_models
+            backend.slots = checkup.slots
+            self._rosters.clear()  # they rank by what is loaded and by slots
 
     def forget_model(self, backend: Backend, model: str) -> None:
         """The backend said it no longer has this model (a 404 on chat)."""
@@ -366,6 +427,8 @@ class Registry:
         return receive
 
     def _publish(self, event: RegistryEvent) -> None:
+        # Every event is a change rosters may depend on; they are built again when read.
+        self._rosters.clear()
         alive = []
         for channel in self._subscribers:
             try:

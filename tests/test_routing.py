@@ -519,7 +519,7 @@ def test_higher_priority_healthy_backend_wins_over_rotation() -> None:
 
 def test_rank_of_nothing_is_nothing() -> None:
     for strategy in Strategy:
-        assert rank([], strategy, turn=3) == []
+        assert list(rank([], strategy, turn=3)) == []
 
 
 # -- regressions: these failed before router fixes made while this file was written ----------
@@ -561,3 +561,19 @@ def test_no_backend_model_pair_is_a_candidate_twice(routing: dict[str, Any]) -> 
     decision = plan_route(Requirements("llama3:8b"), fleet, routing_settings(**routing))
     pairs = [(c.backend.name, c.model) for c in decision.candidates]
     assert len(pairs) == len(set(pairs)), pairs
+
+
+def test_candidates_read_in_any_order_are_the_same_candidates() -> None:
+    fleet = [backend(f"b{i}", priority=i % 3, in_flight=i % 2) for i in range(7)]
+    routing = routing_settings(fallbacks={"llama3:8b": ["mistral:7b"]})
+    fleet.append(backend("m", ["mistral:7b"]))
+    whole = tuple(plan_route(Requirements("llama3:8b"), fleet, routing, turn=3).candidates)
+    assert len(whole) == 8
+    partly = plan_route(Requirements("llama3:8b"), fleet, routing, turn=3).candidates
+    assert partly[1] == whole[1]  # the first two made, the rest not yet
+    assert list(partly) == list(whole)
+    assert partly[-1].backend.name == "m"
+    assert partly[-1].fallback_from == "llama3:8b"
+    assert tuple(partly[2:4]) == whole[2:4]
+    assert len(partly) == 8
+    assert partly == whole

@@ -28,7 +28,7 @@ all leave the counters as they found them.
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
 import httpx
@@ -165,7 +165,7 @@ class CandidateQueue:
     def __init__(
         self, planned: Sequence[Candidate], replan: Replan, routing: RoutingSettings
     ) -> None:
-        self._queue = list(planned)
+        self._queue: Iterator[Candidate] = iter(planned)  # read as needed (see `Candidates`)
         self._replan = replan
         self.budget = routing.max_attempts
         self._wait_seconds = routing.wait_for_backend_seconds
@@ -182,18 +182,17 @@ class CandidateQueue:
     async def next(self) -> Candidate | None:
         """The next candidate to try, or None when none is left or the budget is spent."""
         while self.budget > 0 and trio.current_time() < self._deadline:
-            while self._queue:
-                candidate = self._queue.pop(0)
+            for candidate in self._queue:
                 if self._may_try(candidate):
                     self.tried[candidate.backend.name] = candidate.backend.returns
                     self.budget -= 1
                     return candidate
             wait = min(self._wait_seconds, self._deadline - trio.current_time())
             fresh = await self._replan(self._may_try, wait)
-            # Backends this request has not tried yet go first (the sort is stable).
-            self._queue = sorted(fresh, key=lambda c: c.backend.name in self.tried)
-            if not self._queue:
+            if not fresh:
                 return None
+            # Backends this request has not tried yet go first (the sort is stable).
+            self._queue = iter(sorted(fresh, key=lambda c: c.backend.name in self.tried))
         return None
 
 
@@ -204,7 +203,10 @@ def _replanner(
 
     def candidates(may_try: Callable[[Candidate], bool]) -> list[Candidate]:
         try:
-            decision = plan_route(chat.needs, registry.backends, routing, turn=registry.next_turn())
+            decision = plan_route(
+                chat.needs, registry.backends, routing,
+                turn=registry.next_turn(), rosters=registry.roster,
+            )  # fmt: skip
         except NexusError:
             return []
         return [c for c in decision.candidates if keep(c) and may_try(c)]

@@ -59,7 +59,13 @@ async def plan_route_patiently(
 
     def look() -> RouteDecision | None:
         try:
-            return plan_route(needs, registry.backends, routing, turn=registry.next_turn())
+            return plan_route(
+                needs,
+                registry.backends,
+                routing,
+                turn=registry.next_turn(),
+                rosters=registry.roster,
+            )
         except NoHealthyBackend as exc:
             if isinstance(exc, BackendsBusy) or routing.wait_for_backend_seconds <= 0:
                 raise  # busy is not down, and no waiting was wanted: answer now

@@ -13,10 +13,10 @@ fallback is used only when no candidate of the model could answer.
 from __future__ import annotations
 
 import difflib
+import itertools
 import random
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import NamedTuple
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, NamedTuple, TypeVar, overload
 
 from nexus_trio.config import RoutingSettings, Strategy
 from nexus_trio.errors import (
@@ -27,10 +27,18 @@ from nexus_trio.errors import (
     NexusError,
     NoHealthyBackend,
 )
-from nexus_trio.registry import Backend, Capability
+from nexus_trio.registry import Backend, Capability, ModelInfo, Roster, RosterEntry
 from nexus_trio.routing.requirements import Requirements
 
-__all__ = ["Candidate", "RouteDecision", "Why", "nearest_models", "plan_route", "rank"]
+__all__ = [
+    "Candidate",
+    "Candidates",
+    "RouteDecision",
+    "Why",
+    "nearest_models",
+    "plan_route",
+    "rank",
+]
 
 
 # What ranked a backend, as of the decision: the strategy, then its numbers (see `rank`).
@@ -69,16 +77,59 @@ def _explain(why: Why) -> str:
     return f"smart:priority={priority}{',cold' if cold else ''},load={load:.2f},ttft={shown}"
 
 
-@dataclass(frozen=True, slots=True)
-class RouteDecision:
+class Candidates(Sequence[Candidate]):
+    """A decision's candidates, best first, each made when it is first read: a request
+    reads one or two, where a big fleet ranks a hundred."""
+
+    __slots__ = ("_made", "_pending")
+
+    def __init__(self, runs: Iterable[Iterator[Candidate]]) -> None:
+        self._made: list[Candidate] = []
+        self._pending = itertools.chain.from_iterable(runs)
+
+    def _reach(self, count: int | None) -> list[Candidate]:
+        """The candidates made so far, after making them up to ``count`` (None: all)."""
+        made = self._made
+        if count is None or count > len(made):
+            made += itertools.islice(self._pending, None if count is None else count - len(made))
+        return made
+
+    @overload
+    def __getitem__(self, index: int) -> Candidate: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[Candidate]: ...
+    def __getitem__(self, index: int | slice) -> Candidate | Sequence[Candidate]:
+        if isinstance(index, slice) or index < 0:
+            return self._reach(None)[index]
+        return self._reach(index + 1)[index]
+
+    def __len__(self) -> int:
+        return len(self._reach(None))
+
+    def __iter__(self) -> Iterator[Candidate]:
+        i = 0
+        while i < len(self._reach(i + 1)):
+            yield self._made[i]
+            i += 1
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Sequence) and tuple(self) == tuple(other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Candidates({tuple(self)!r})"
+
+
+class RouteDecision(NamedTuple):
     requested: str  # as the client wrote it
     model: str  # after aliases
-    candidates: tuple[Candidate, ...]
+    candidates: Sequence[Candidate]
 
 
-def _incapability(backend: Backend, model: str, needs: Requirements) -> str | None:
-    """Why this backend cannot serve the request, or None if it can (as far as we know)."""
-    info = backend.models[model]
+def _incapability(info: ModelInfo, needs: Requirements) -> str | None:
+    """Why a backend with this model cannot serve the request, or None if it can (as far
+    as we know)."""
     if needs.vision and not info.supports(Capability.VISION):
         return "vision"
     if needs.tools and not info.supports(Capability.TOOLS):
@@ -91,58 +142,66 @@ def _incapability(backend: Backend, model: str, needs: Requirements) -> str | No
 
 
 def rank(
-    backends: Sequence[Backend],
+    entries: Sequence[RosterEntry],
     strategy: Strategy,
     *,
     turn: int,
     rng: random.Random | None = None,
-    model: str | None = None,
-) -> list[tuple[Backend, Why]]:
-    """Order eligible backends by the strategy; equal ones rotate with ``turn``.
+) -> Iterator[tuple[Backend, Why]]:
+    """Eligible backends ordered by the strategy, best first; equal ones rotate with ``turn``.
 
-    Returns (backend, why) pairs, best first: ``why`` holds the strategy and the
-    numbers it ranked by (`Candidate.reason` puts them in words). ``model`` lets
-    `smart` prefer backends that have it loaded already.
+    Yields (backend, why) pairs: ``why`` holds the strategy and the numbers it ranked by
+    (`Candidate.reason` puts them in words). The numbers are read now; the order is
+    worked out as it is read (a heap), since a request reads one or two of a fleet's
+    backends: a decision over n backends costs O(n) plus O(log n) per backend read.
     """
-    n = len(backends)
+    n = len(entries)
     if n == 0:
-        return []
+        return iter(())
     if strategy is Strategy.RANDOM:
-        shuffled = list(backends)
+        shuffled = [entry[0] for entry in entries]
         (rng or random.Random(turn)).shuffle(shuffled)
-        return [(b, (strategy,)) for b in shuffled]
-    # Each row: the sort key, the rotation (unique, so rows never compare further), the
-    # backend. Built in one pass: this runs for every request over every eligible backend.
+        return ((b, _RANDOM) for b in shuffled)
+    # Rotated by the turn, so that the position in ``rotated`` breaks ties: each of the
+    # equal ones comes first in turn. Each row: the sort key, the position (unique, so
+    # rows never compare further), the backend.
+    k = turn % n
+    rotated = [*entries[k:], *entries[:k]]
     if strategy is Strategy.ROUND_ROBIN:
-        why: Why = (strategy, turn % n)
-        rows = sorted(((i - turn) % n, b) for i, b in enumerate(backends))
-        return [(b, why) for _, b in rows]
+        why: Why = (strategy, k)
+        return ((entry[0], why) for entry in rotated)
     if strategy is Strategy.PRIORITY:
-        ranked = sorted((b.priority, (i - turn) % n, b) for i, b in enumerate(backends))
-        return [(b, (strategy, priority)) for priority, _, b in ranked]
+        ranks = [(b.priority, i, b) for i, (b, *_) in enumerate(rotated)]
+        return _in_order(ranks, lambda row: (strategy, row[0]))
     if strategy is Strategy.LEAST_BUSY:
-        loads = sorted((b.load, (i - turn) % n, b) for i, b in enumerate(backends))
-        return [(b, (strategy, load)) for load, _, b in loads]
-
-    # smart: the priority tier first; within it a backend with the model loaded
-    # (no load time), then load relative to capacity, then how fast the backend
-    # has been starting its answers. A backend without a TTFT sample yet ranks
-    # as the best of its peers, so it gets one.
-    smart = sorted(
-        (
-            b.priority,
-            model is not None and b.warm_models is not None and model not in b.warm_models,
-            b.in_flight / (b.max_concurrency or b.slots or 1),
-            b.ttft_ewma_seconds or 0.0,
-            (i - turn) % n,
-            b,
-        )
-        for i, b in enumerate(backends)
-    )
-    return [
-        (b, (strategy, priority, cold, load, b.ttft_ewma_seconds))
-        for priority, cold, load, _, _, b in smart
+        loads = [(b.in_flight / cap, i, b) for i, (b, _, _, cap, _) in enumerate(rotated)]
+        return _in_order(loads, lambda row: (strategy, row[0]))
+    # smart: the priority tier first, and in it a backend with the model loaded (no load
+    # time; see `RosterEntry`), then load relative to capacity, then how fast the backend
+    # has been starting its answers. A backend without a TTFT sample yet ranks as the best
+    # of its peers, so it gets one.
+    smart = [
+        (tier, b.in_flight / cap, b.ttft_ewma_seconds or 0.0, i, b)
+        for i, (b, _, tier, cap, _) in enumerate(rotated)
     ]
+    return _in_order(
+        smart, lambda row: (strategy, *divmod(row[0], 2), row[1], row[-1].ttft_ewma_seconds)
+    )
+
+
+_RANDOM: Why = (Strategy.RANDOM,)
+
+Row = TypeVar("Row", bound=tuple[Any, ...])
+
+
+def _in_order(rows: list[Row], why: Callable[[Row], Why]) -> Iterator[tuple[Backend, Why]]:
+    """The rows' backends (each row's last item) in the rows' order. The first is found
+    in one pass; the rest are sorted only if a second is read (a failover)."""
+    best = min(rows)
+    yield best[-1], why(best)
+    rows.sort()
+    for row in itertools.islice(rows, 1, None):
+        yield row[-1], why(row)
 
 
 def _why_none(model: str, serving: Sequence[Backend], needs: Requirements) -> NexusError:
@@ -154,7 +213,7 @@ def _why_none(model: str, serving: Sequence[Backend], needs: Requirements) -> Ne
             + ", ".join(f"{b.name}: {b.health_detail or b.health.value}" for b in serving)
             + "). Retry after a few seconds."
         )
-    reasons = {_incapability(b, model, needs) for b in routable}
+    reasons = {_incapability(b.models[model], needs) for b in routable}
     if None in reasons:
         # Some backend could serve it and is only busy: that passes, so say retry.
         return BackendsBusy(
@@ -165,7 +224,7 @@ def _why_none(model: str, serving: Sequence[Backend], needs: Requirements) -> Ne
         longest = max(
             b.models[model].context_length or 0
             for b in routable
-            if _incapability(b, model, needs) == "context"
+            if _incapability(b.models[model], needs) == "context"
         )
         return ContextLengthExceeded(
             f"The request needs about {needs.context_tokens} tokens but {model!r} accepts at "
@@ -181,27 +240,19 @@ def _why_none(model: str, serving: Sequence[Backend], needs: Requirements) -> Ne
     )
 
 
-def _eligible(backends: Sequence[Backend], model: str, needs: Requirements) -> list[Backend]:
-    """The backends that serve ``model`` and can take this request now."""
-    if needs.vision or needs.tools or needs.json:
-        return [
-            b
-            for b in backends
-            if model in b.models
-            and b.routable
-            and not b.saturated
-            and _incapability(b, model, needs) is None
-        ]
-    # Most requests need only the context: checked inline (this runs over the fleet).
+def _eligible(roster: Roster, needs: Requirements) -> Sequence[RosterEntry]:
+    """The roster's backends that can take this request now."""
+    entries: Sequence[RosterEntry] = roster.ready
     tokens = needs.context_tokens
-    return [
-        b
-        for b in backends
-        if (info := b.models.get(model)) is not None
-        and (info.context_length is None or tokens <= info.context_length)
-        and b.routable
-        and not b.saturated
-    ]
+    if (needs.vision or needs.tools or needs.json) and roster.capabilities_known:
+        entries = [e for e in entries if _incapability(e[1], needs) is None]
+    elif roster.shortest_context is not None and tokens > roster.shortest_context:
+        entries = [
+            e for e in entries if e[1].context_length is None or tokens <= e[1].context_length
+        ]
+    if roster.limited:
+        entries = [e for e in entries if e[0].in_flight < e[4]]
+    return entries
 
 
 def nearest_models(model: str, known: Sequence[str], limit: int = 3) -> list[str]:
@@ -215,8 +266,12 @@ def plan_route(
     *,
     turn: int = 0,
     rng: random.Random | None = None,
+    rosters: Callable[[str], Roster] | None = None,
 ) -> RouteDecision:
     """Every backend that can serve ``needs``, best first, with fallbacks after.
+
+    ``rosters`` gives the roster of a model (`Registry.roster` keeps them between fleet
+    changes); without it they are built from ``backends``.
 
     Raises:
         ModelNotFound: no backend serves the model (or any of its fallbacks).
@@ -224,19 +279,21 @@ def plan_route(
         ModelCannotServe, ContextLengthExceeded: none can take this request.
     """
     model = routing.resolve_alias(needs.model)
-    candidates: list[Candidate] = []
+    runs: list[Iterator[Candidate]] = []
     first_error: NexusError | None = None
-    # A fallback may name the model itself or repeat one (directly or by alias):
-    # each model is tried once, so a backend that just failed is not retried.
-    # Fallbacks are looked up under the name the client used and the model it resolves to.
-    fallbacks = (*routing.fallbacks.get(needs.model, ()), *routing.fallbacks.get(model, ()))
-    chain = dict.fromkeys((model, *(routing.resolve_alias(m) for m in fallbacks)))
+    chain: Iterable[str] = (model,)
+    if routing.fallbacks:
+        # A fallback may name the model itself or repeat one (directly or by alias): each
+        # model is tried once, so a backend that just failed is not retried. Fallbacks are
+        # looked up under the name the client used and the model it resolves to.
+        fallbacks = (*routing.fallbacks.get(needs.model, ()), *routing.fallbacks.get(model, ()))
+        chain = dict.fromkeys((model, *(routing.resolve_alias(m) for m in fallbacks)))
     for position, name in enumerate(chain):
-        eligible = _eligible(backends, name, needs)
+        roster = rosters(name) if rosters else Roster.of(backends, name)
+        eligible = _eligible(roster, needs)
         if not eligible:
-            serving = [b for b in backends if name in b.models]
-            if serving:
-                first_error = first_error or _why_none(name, serving, needs)
+            if roster.listing:
+                first_error = first_error or _why_none(name, roster.listing, needs)
             continue
         fallback_from = needs.model if position else None
         if fallback_from:
@@ -245,13 +302,17 @@ def plan_route(
             via = f"alias:{needs.model}->{name};"
         else:
             via = ""
-        candidates += [
-            Candidate(backend, name, why, fallback_from, via)
-            for backend, why in rank(eligible, routing.strategy, turn=turn, rng=rng, model=name)
-        ]
-    if candidates:
-        return RouteDecision(needs.model, model, tuple(candidates))
+        ranked = rank(eligible, routing.strategy, turn=turn, rng=rng)
+        runs.append(_candidates(ranked, name, fallback_from, via))
+    if runs:
+        return RouteDecision(needs.model, model, Candidates(runs))
     if first_error is not None:
         raise first_error
     known = sorted({m for b in backends for m in b.models} | set(routing.aliases))
     raise ModelNotFound(needs.model, nearest_models(needs.model, known))
+
+
+def _candidates(
+    ranked: Iterator[tuple[Backend, Why]], model: str, fallback_from: str | None, via: str
+) -> Iterator[Candidate]:
+    return (Candidate(backend, model, why, fallback_from, via) for backend, why in ranked)
