@@ -14,6 +14,7 @@ can say so instead of leaving it out.
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import json
 import os
 import selectors
@@ -425,8 +426,25 @@ def start_litellm(group: ProcessGroup, upstream: str, tmp: Path) -> Contender:
     )  # fmt: skip
 
 
+H11_RELAY_SCRIPT: Final = Path(__file__).with_name("_h11_relay.py")
+
+
+def start_h11_relay(group: ProcessGroup, upstream: str, tmp: Path) -> Contender:
+    """The prototype of `_h11_relay.py` (for `bench_stack.py`; not a contender of the suite)."""
+    contender = Contender(
+        "h11-relay", version=f"h11 {importlib.metadata.version('h11')}, prototype"
+    )
+    port = free_port()
+    return _launch(
+        group, contender, port, 30, tmp / "h11-relay.log",
+        [*pin(SERVER_CORE), sys.executable, str(H11_RELAY_SCRIPT), "--port", str(port),
+         "--upstream", upstream],
+    )  # fmt: skip
+
+
 STARTERS: Final[Mapping[str, Callable[[ProcessGroup, str, Path], Contender]]] = {
     "nginx": start_nginx,
     "nexus": start_nexus,
     "litellm": start_litellm,
+    "h11-relay": start_h11_relay,
 }
