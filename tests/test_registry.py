@@ -337,53 +337,52 @@ def test_routing_on_kept_rosters_is_routing_on_the_fleet_as_it_is(
 ) -> None:
     """Every change that matters to routing reaches the registry's rosters: after any run
     of changes, a decision on them is the decision on the fleet read afresh."""
-    from nexus_trio.backends.checkup import Checkup
-
     routing = settings_from_mapping({"routing": {"strategy": strategy}}).routing
     registry = Registry(
         [backend(f"b{i}", *ROSTER_MODELS, priority=i % 2, max_concurrency=2) for i in range(3)]
     )
-    added = 3
-    for kind, which, number in steps:
-        if not registry.backends and kind != "add":
-            continue
-        b = registry.backends[which % len(registry.backends)]
-        if kind == "probe_ok":
-            registry.record_probe(b, True)
-        elif kind == "probe_fail":
-            registry.record_probe(b, False, "refused")
-        elif kind == "demote":
-            registry.demote(b, "reset")
-        elif kind == "revive":
-            registry.revive(b)
-        elif kind == "models":
-            registry.set_models(b, [ModelInfo(m, context_length=1000 * number or None)
-                                    for m in ROSTER_MODELS[: 1 + number % 2]])  # fmt: skip
-        elif kind == "forget":
-            registry.forget_model(b, ROSTER_MODELS[number % 2])
-        elif kind == "checkup":
-            warm = frozenset(ROSTER_MODELS[: number % 3]) if number else None
-            registry.record_checkup(
-                b, Checkup([ModelInfo(m) for m in b.models], warm, number or None)
-            )
-        elif kind == "sources":
-            registry.set_sources(b, set() if number == 0 else {"config"})
-        elif kind == "add":
+    for added, (kind, which, number) in enumerate(steps):
+        if kind == "add":
             registry.add(backend(f"n{added}", *ROSTER_MODELS[: 1 + number % 2]))
-            added += 1
-        elif kind == "remove":
-            registry.remove(b.name)
-        elif kind == "start":
-            b.in_flight += 1  # what the proxy does; rosters read the load live
-        elif kind == "finish":
-            b.in_flight = max(0, b.in_flight - 1)
-        else:
-            registry.record_ttft(b, number / 10)
+        elif registry.backends:
+            change(registry, kind, registry.backends[which % len(registry.backends)], number)
         for model in ROSTER_MODELS:
             needs = Requirements(model, context_tokens=1500)
             for turn in range(3):
                 kept = outcome(needs, registry, routing, turn, rosters=registry.roster)
                 assert kept == outcome(needs, registry, routing, turn), (kind, model, turn)
+
+
+def change(registry: Registry, kind: str, b: Backend, number: int) -> None:
+    """One change to the fleet, as the tasks that own it make them."""
+    from nexus_trio.backends.checkup import Checkup
+
+    if kind == "probe_ok":
+        registry.record_probe(b, True)
+    elif kind == "probe_fail":
+        registry.record_probe(b, False, "refused")
+    elif kind == "demote":
+        registry.demote(b, "reset")
+    elif kind == "revive":
+        registry.revive(b)
+    elif kind == "models":
+        registry.set_models(b, [ModelInfo(m, context_length=1000 * number or None)
+                                for m in ROSTER_MODELS[: 1 + number % 2]])  # fmt: skip
+    elif kind == "forget":
+        registry.forget_model(b, ROSTER_MODELS[number % 2])
+    elif kind == "checkup":
+        warm = frozenset(ROSTER_MODELS[: number % 3]) if number else None
+        registry.record_checkup(b, Checkup([ModelInfo(m) for m in b.models], warm, number or None))
+    elif kind == "sources":
+        registry.set_sources(b, set() if number == 0 else {"config"})
+    elif kind == "remove":
+        registry.remove(b.name)
+    elif kind == "start":
+        b.in_flight += 1  # what the proxy does; rosters read the load live
+    elif kind == "finish":
+        b.in_flight = max(0, b.in_flight - 1)
+    else:
+        registry.record_ttft(b, number / 10)
 
 
 def outcome(
