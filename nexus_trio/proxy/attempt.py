@@ -10,10 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
-import httpx
-
 from nexus_trio.config import TimeoutSettings
 from nexus_trio.errors import BackendError, BackendStatus
+from nexus_trio.proxy.http1 import Http1Response
 from nexus_trio.proxy.upstream import UpstreamClient
 from nexus_trio.registry import Backend, Registry
 from nexus_trio.routing.router import Candidate
@@ -161,7 +160,7 @@ def nexus_headers(candidate: Candidate, request_id: str, content_type: str) -> H
 
 
 async def classify_status(
-    response: httpx.Response, candidate: Candidate, registry: Registry
+    response: Http1Response, candidate: Candidate, registry: Registry
 ) -> BackendError:
     """Turn a non-200 answer into a failover (returned) or a pass-through (raised)."""
     body = b""

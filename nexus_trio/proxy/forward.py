@@ -51,6 +51,7 @@ from nexus_trio.proxy.attempt import (
     nexus_headers,
 )
 from nexus_trio.proxy.continuation import continuation_body, may_echo
+from nexus_trio.proxy.http1 import Http1Response
 from nexus_trio.proxy.streaming import OpenStream, open_stream, relay, sse_error_event
 from nexus_trio.proxy.tracker import StreamTracker, add_usage, sse_comment
 from nexus_trio.proxy.upstream import backend_headers, translate_httpx_error
@@ -66,7 +67,7 @@ async def attempt_json(attempt: Attempt, candidate: Candidate, body: bytes) -> N
     backend = candidate.backend
     timeouts, downstream, outcome = attempt.timeouts, attempt.downstream, attempt.outcome
     with trio.move_on_after(timeouts.request_seconds) as deadline:
-        response: httpx.Response | None = None
+        response: Http1Response | None = None
         try:
             response = await attempt.client.open_post(
                 backend.url + "/v1/chat/completions",

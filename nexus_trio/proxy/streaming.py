@@ -27,6 +27,7 @@ import trio
 from nexus_trio.config import TimeoutSettings
 from nexus_trio.errors import BackendError, BackendProtocolError, BackendTimeout, error_body
 from nexus_trio.proxy.attempt import Attempt, PassThrough, classify_status
+from nexus_trio.proxy.http1 import Http1Response
 from nexus_trio.proxy.sse import SSEEvent, SSEParser
 from nexus_trio.proxy.tracker import StreamTracker
 from nexus_trio.proxy.upstream import backend_headers, translate_httpx_error
@@ -53,7 +54,7 @@ class OpenStream:
     """
 
     candidate: Candidate
-    response: httpx.Response
+    response: Http1Response
     chunks: AsyncIterator[bytes]
     parser: SSEParser
     timeouts: TimeoutSettings
@@ -119,7 +120,7 @@ async def open_stream(attempt: Attempt, candidate: Candidate, body: bytes) -> Op
     }
     started = trio.current_time()
     backend.in_flight += 1
-    response: httpx.Response | None = None
+    response: Http1Response | None = None
     handed_over = False
     try:
         with trio.move_on_after(timeouts.first_token_seconds):

@@ -1,4 +1,4 @@
-"""The edge where Nexus talks to backends: one pooled httpx client, translated errors.
+"""The edge where Nexus talks to backends: one client, translated errors.
 
 Headers to a backend are built here and only here, so two rules hold by
 construction: the client's ``Authorization`` never reaches a backend (nothing
@@ -8,13 +8,15 @@ key is sent to that backend only.
 
 from __future__ import annotations
 
+from types import TracebackType
+
 import httpx
 
 from nexus_trio.errors import BackendError, BackendProtocolError, BackendTimeout, BackendUnreachable
+from nexus_trio.proxy.http1 import USER_AGENT, Http1Pool, Http1Response
 from nexus_trio.registry import Backend
 
 __all__ = [
-    "ShardedTransport",
     "UpstreamClient",
     "backend_headers",
     "open_upstream_client",
@@ -22,88 +24,53 @@ __all__ = [
 ]
 
 
-# Keep-alive pools the upstream connections are spread over (see `ShardedTransport`).
-POOL_SHARDS = 16
-# Idle keep-alive connections kept, over all shards.
-KEEPALIVE_CONNECTIONS = 512
-
-
-class ShardedTransport(httpx.AsyncBaseTransport):
-    """Several httpx connection pools, used in turn.
-
-    httpcore's pool re-examines every connection it holds on each request and on each
-    response's end, and counts its idle ones once per idle connection — work that grows
-    with the square of the pool's size. With hundreds of streams open it cost more than
-    the relaying itself (a third of the CPU under load); over 16 pools, each stays small.
-    Keep-alive works as before, within each pool.
-    """
-
-    def __init__(self, shards: int, limits: httpx.Limits) -> None:
-        # One TLS context for all: each costs a read of the CA bundle (~15 ms).
-        tls = httpx.create_ssl_context()
-        self._shards = [
-            httpx.AsyncHTTPTransport(verify=tls, limits=limits, trust_env=False)
-            for _ in range(shards)
-        ]
-        self._turn = 0
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        self._turn = (self._turn + 1) % len(self._shards)
-        return await self._shards[self._turn].handle_async_request(request)
-
-    async def aclose(self) -> None:
-        for shard in self._shards:
-            await shard.aclose()
-
-
-_USER_AGENT = "nexus-trio"
-
-
 class UpstreamClient(httpx.AsyncClient):
-    """httpx's client for every call to a backend, with a short way for chat requests.
+    """The client for every call to a backend.
 
-    Health checks, listings and detection use it as any httpx client. Chat requests,
-    the hot path, go straight to the pooled transport with `open_post`, past the
-    client's per-request layers — URL merging, cookie extraction, auth and redirect
-    handling — which cost about a tenth of a request's CPU, and which a proxy does not
-    want anyway (a backend's cookies are not Nexus's to keep).
+    Health checks, listings and detection use it as any httpx client. Chat requests, the
+    hot path, go through `open_post` to `chat`, Nexus's own HTTP/1.1 client
+    (`nexus_trio.proxy.http1`), which does per request and per streamed event only what
+    relaying needs.
     """
 
     def __init__(self, connect_timeout_seconds: float) -> None:
-        limits = httpx.Limits(
-            max_connections=None,
-            max_keepalive_connections=KEEPALIVE_CONNECTIONS // POOL_SHARDS,
-            keepalive_expiry=30.0,
-        )
-        self.pools = ShardedTransport(POOL_SHARDS, limits)
+        # One TLS context for both: each costs a read of the CA bundle (~15 ms).
+        tls = httpx.create_ssl_context()
+        self.chat = Http1Pool(connect_timeout_seconds, tls)
         super().__init__(
             timeout=httpx.Timeout(None, connect=connect_timeout_seconds),
-            transport=self.pools,
+            verify=tls,
             follow_redirects=False,
             trust_env=False,  # a proxy from the environment must not sit between us and the fleet
-            headers={"user-agent": _USER_AGENT},
+            headers={"user-agent": USER_AGENT},
         )
-        # Only the connect is bounded here: callers set every other deadline with trio.
-        self._timeouts = {"connect": connect_timeout_seconds, "read": None, "write": None,
-                          "pool": None}  # fmt: skip
 
-    async def open_post(self, url: str, headers: dict[str, str], body: bytes) -> httpx.Response:
-        """POST ``body`` and return the response once its headers are in; its body is
-        read by the caller, who must ``aclose()`` it.
+    async def open_post(self, url: str, headers: dict[str, str], body: bytes) -> Http1Response:
+        """POST ``body`` and return the response once its head is in; its body is read by
+        the caller, who must ``aclose()`` it.
 
         Raises:
-            httpx.HTTPError: the request could not be sent or the headers not read.
+            httpx.TransportError: the request could not be sent or the head not read.
         """
-        request = httpx.Request(
-            "POST",
-            url,
-            headers={**headers, "user-agent": _USER_AGENT},
-            content=body,
-            extensions={"timeout": self._timeouts},
-        )
-        response = await self.pools.handle_async_request(request)
-        response.request = request
-        return response
+        return await self.chat.post(url, headers, body)
+
+    async def aclose(self) -> None:
+        try:
+            await self.chat.aclose()
+        finally:
+            await super().aclose()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None = None,
+        exc_value: BaseException | None = None,
+        traceback: TracebackType | None = None,
+    ) -> None:
+        # httpx's own exit closes its transports, not through `aclose`.
+        try:
+            await self.chat.aclose()
+        finally:
+            await super().__aexit__(exc_type, exc_value, traceback)
 
 
 def open_upstream_client(connect_timeout_seconds: float) -> UpstreamClient:
