@@ -21,8 +21,7 @@ translation for both clients.
 from __future__ import annotations
 
 import ssl
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from typing import Final
 from urllib.parse import urlsplit
 
@@ -43,19 +42,17 @@ USER_AGENT: Final = "nexus-trio"
 Origin = tuple[str, str, int]  # scheme, host, port
 
 
-@contextmanager
-def _transport_errors(
-    broken: type[httpx.TransportError],
-) -> Iterator[None]:
-    """trio's and h11's failures as httpx's, ``broken`` for a connection that failed."""
-    try:
-        yield
-    except h11.RemoteProtocolError as exc:
-        raise httpx.RemoteProtocolError(str(exc)) from exc
-    except h11.LocalProtocolError as exc:
-        raise httpx.LocalProtocolError(str(exc)) from exc
-    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-        raise broken(str(exc) or type(exc).__name__) from exc
+def _as_httpx(exc: BaseException, broken: type[httpx.TransportError]) -> BaseException:
+    """trio's and h11's failures as httpx's (``broken`` for a connection that failed);
+    anything else, a cancellation included, as it is. A function, not a context manager:
+    it runs for every read of a streamed answer."""
+    if isinstance(exc, h11.RemoteProtocolError):
+        return httpx.RemoteProtocolError(str(exc))
+    if isinstance(exc, h11.LocalProtocolError):
+        return httpx.LocalProtocolError(str(exc))
+    if isinstance(exc, trio.BrokenResourceError | trio.ClosedResourceError | OSError):
+        return broken(str(exc) or type(exc).__name__)
+    return exc
 
 
 def _wire(state: h11.Connection, *events: h11.Event) -> bytes:
@@ -128,10 +125,11 @@ class Http1Response:
         if connection is None:
             raise StopAsyncIteration
         try:
-            with _transport_errors(httpx.ReadError):
-                event = await connection.next_event()
-        except BaseException:
+            event = await connection.next_event()
+        except BaseException as exc:
             self._drop()
+            if (error := _as_httpx(exc, httpx.ReadError)) is not exc:
+                raise error from exc
             raise
         if isinstance(event, h11.Data):
             data = event.data
@@ -187,16 +185,18 @@ class Http1Pool:
                 ("content-length", str(len(body))),
             ],
         )
+        broken: type[httpx.TransportError] = httpx.WriteError
         try:
-            with _transport_errors(httpx.WriteError):
-                wire = _wire(connection.h11, request, h11.Data(data=body), h11.EndOfMessage())
-                await connection.stream.send_all(wire)
-            with _transport_errors(httpx.ReadError):
+            wire = _wire(connection.h11, request, h11.Data(data=body), h11.EndOfMessage())
+            await connection.stream.send_all(wire)
+            broken = httpx.ReadError
+            event = await connection.next_event()
+            while isinstance(event, h11.InformationalResponse):  # 100 Continue and such
                 event = await connection.next_event()
-                while isinstance(event, h11.InformationalResponse):  # 100 Continue and such
-                    event = await connection.next_event()
-        except BaseException:
+        except BaseException as exc:
             connection.close()
+            if (error := _as_httpx(exc, broken)) is not exc:
+                raise error from exc
             raise
         if not isinstance(event, h11.Response):
             connection.close()
@@ -216,7 +216,7 @@ class Http1Pool:
     async def _connect(self, origin: Origin) -> _Connection:
         scheme, host, port = origin
         try:
-            with trio.fail_after(self._connect_timeout), _transport_errors(httpx.ConnectError):
+            with trio.fail_after(self._connect_timeout):
                 tcp = await trio.open_tcp_stream(host, port)
                 stream: trio.abc.Stream = tcp
                 if scheme == "https":
@@ -230,6 +230,10 @@ class Http1Pool:
                         raise
         except trio.TooSlowError as exc:
             raise httpx.ConnectTimeout(f"no connection within {self._connect_timeout:g} s") from exc
+        except BaseException as exc:
+            if (error := _as_httpx(exc, httpx.ConnectError)) is not exc:
+                raise error from exc
+            raise
         return _Connection(origin, stream, tcp.socket)
 
     def give_back(self, connection: _Connection) -> None:
