@@ -147,45 +147,59 @@ def rank(
     *,
     turn: int,
     rng: random.Random | None = None,
-) -> Iterator[tuple[Backend, Why]]:
-    """Eligible backends ordered by the strategy, best first; equal ones rotate with ``turn``.
+) -> Iterator[tuple[Backend, Why]] | None:
+    """Those of ``entries`` not at their max_concurrency, ordered by the strategy, best
+    first; None when there are none. Equal ones rotate with ``turn``.
 
     Yields (backend, why) pairs: ``why`` holds the strategy and the numbers it ranked by
-    (`Candidate.reason` puts them in words). The numbers are read now; the order is
-    worked out as it is read (a heap), since a request reads one or two of a fleet's
-    backends: a decision over n backends costs O(n) plus O(log n) per backend read.
+    (`Candidate.reason` puts them in words). The numbers are read now; the order as it
+    is read, since a request reads one backend of a fleet or a few: the first costs one
+    pass over the rows, the rest a sort (`_in_order`).
     """
-    n = len(entries)
-    if n == 0:
-        return iter(())
-    if strategy is Strategy.RANDOM:
-        shuffled = [entry[0] for entry in entries]
-        (rng or random.Random(turn)).shuffle(shuffled)
-        return ((b, _RANDOM) for b in shuffled)
+    if strategy is Strategy.RANDOM or strategy is Strategy.ROUND_ROBIN:
+        free = [entry[0] for entry in entries if entry[0].in_flight < entry[4]]
+        if not free:
+            return None
+        if strategy is Strategy.RANDOM:
+            (rng or random.Random(turn)).shuffle(free)
+            return ((b, _RANDOM) for b in free)
+        # Each free backend first once per len(free) turns.
+        k = turn % len(free)
+        why: Why = (strategy, k)
+        return ((b, why) for b in (*free[k:], *free[:k]))
+    if not entries:
+        return None
     # Rotated by the turn, so that the position in ``rotated`` breaks ties: each of the
     # equal ones comes first in turn. Each row: the sort key, the position (unique, so
-    # rows never compare further), the backend.
-    k = turn % n
-    rotated = [*entries[k:], *entries[:k]]
-    if strategy is Strategy.ROUND_ROBIN:
-        why: Why = (strategy, k)
-        return ((entry[0], why) for entry in rotated)
+    # rows never compare further), the backend. Busy backends are left out in the same
+    # pass: this runs for every request over every backend that serves the model.
+    k = turn % len(entries)
+    rotated = (*entries[k:], *entries[:k])
     if strategy is Strategy.PRIORITY:
-        ranks = [(b.priority, i, b) for i, (b, *_) in enumerate(rotated)]
-        return _in_order(ranks, lambda row: (strategy, row[0]))
+        rows: list[tuple[Any, ...]] = [
+            (b.priority, i, b)
+            for i, (b, _, _, _, limit) in enumerate(rotated)
+            if b.in_flight < limit
+        ]
+        return _in_order(rows, lambda row: (strategy, row[0]))
     if strategy is Strategy.LEAST_BUSY:
-        loads = [(b.in_flight / cap, i, b) for i, (b, _, _, cap, _) in enumerate(rotated)]
-        return _in_order(loads, lambda row: (strategy, row[0]))
+        rows = [
+            (b.in_flight / cap, i, b)
+            for i, (b, _, _, cap, limit) in enumerate(rotated)
+            if b.in_flight < limit
+        ]
+        return _in_order(rows, lambda row: (strategy, row[0]))
     # smart: the priority tier first, and in it a backend with the model loaded (no load
     # time; see `RosterEntry`), then load relative to capacity, then how fast the backend
     # has been starting its answers. A backend without a TTFT sample yet ranks as the best
     # of its peers, so it gets one.
-    smart = [
+    rows = [
         (tier, b.in_flight / cap, b.ttft_ewma_seconds or 0.0, i, b)
-        for i, (b, _, tier, cap, _) in enumerate(rotated)
+        for i, (b, _, tier, cap, limit) in enumerate(rotated)
+        if b.in_flight < limit
     ]
     return _in_order(
-        smart, lambda row: (strategy, *divmod(row[0], 2), row[1], row[-1].ttft_ewma_seconds)
+        rows, lambda row: (strategy, *divmod(row[0], 2), row[1], row[-1].ttft_ewma_seconds)
     )
 
 
@@ -194,9 +208,13 @@ _RANDOM: Why = (Strategy.RANDOM,)
 Row = TypeVar("Row", bound=tuple[Any, ...])
 
 
-def _in_order(rows: list[Row], why: Callable[[Row], Why]) -> Iterator[tuple[Backend, Why]]:
-    """The rows' backends (each row's last item) in the rows' order. The first is found
-    in one pass; the rest are sorted only if a second is read (a failover)."""
+def _in_order(rows: list[Row], why: Callable[[Row], Why]) -> Iterator[tuple[Backend, Why]] | None:
+    """The rows' backends (each row's last item) in the rows' order, or None for no rows."""
+    return _sorted_as_read(rows, why) if rows else None
+
+
+def _sorted_as_read(rows: list[Row], why: Callable[[Row], Why]) -> Iterator[tuple[Backend, Why]]:
+    # The first is found in one pass; the rest are sorted only if a second is read.
     best = min(rows)
     yield best[-1], why(best)
     rows.sort()
@@ -241,7 +259,8 @@ def _why_none(model: str, serving: Sequence[Backend], needs: Requirements) -> Ne
 
 
 def _eligible(roster: Roster, needs: Requirements) -> Sequence[RosterEntry]:
-    """The roster's backends that can take this request now."""
+    """The roster's backends that can serve this request, busy or not (`rank` leaves out
+    those at their max_concurrency)."""
     entries: Sequence[RosterEntry] = roster.ready
     tokens = needs.context_tokens
     if (needs.vision or needs.tools or needs.json) and roster.capabilities_known:
@@ -250,8 +269,6 @@ def _eligible(roster: Roster, needs: Requirements) -> Sequence[RosterEntry]:
         entries = [
             e for e in entries if e[1].context_length is None or tokens <= e[1].context_length
         ]
-    if roster.limited:
-        entries = [e for e in entries if e[0].in_flight < e[4]]
     return entries
 
 
@@ -290,8 +307,8 @@ def plan_route(
         chain = dict.fromkeys((model, *(routing.resolve_alias(m) for m in fallbacks)))
     for position, name in enumerate(chain):
         roster = rosters(name) if rosters else Roster.of(backends, name)
-        eligible = _eligible(roster, needs)
-        if not eligible:
+        ranked = rank(_eligible(roster, needs), routing.strategy, turn=turn, rng=rng)
+        if ranked is None:
             if roster.listing:
                 first_error = first_error or _why_none(name, roster.listing, needs)
             continue
@@ -302,7 +319,6 @@ def plan_route(
             via = f"alias:{needs.model}->{name};"
         else:
             via = ""
-        ranked = rank(eligible, routing.strategy, turn=turn, rng=rng)
         runs.append(_candidates(ranked, name, fallback_from, via))
     if runs:
         return RouteDecision(needs.model, model, Candidates(runs))
