@@ -16,6 +16,7 @@ import httpx
 import pytest
 import trio
 import trio.testing
+import trustme
 
 from nexus_trio.proxy.http1 import KEEPALIVE_SECONDS, Http1Pool
 
@@ -46,7 +47,7 @@ class Server:
 Answer = Callable[[trio.SocketStream, bytes], Awaitable[bool]]  # False: close the connection
 
 
-async def read_request(stream: trio.SocketStream) -> bytes | None:
+async def read_request(stream: trio.abc.ReceiveStream) -> bytes | None:
     """One request (head and Content-Length body), or None when the client closed."""
     data = b""
     while b"\r\n\r\n" not in data:
@@ -220,3 +221,39 @@ async def test_failures_are_httpx_transport_errors(nursery: trio.Nursery) -> Non
     with pytest.raises(httpx.ConnectError):
         await client.post(f"http://127.0.0.1:{port}/v1/chat/completions", {}, BODY)
     await client.aclose()
+
+
+async def test_https_with_the_servers_name_checked(nursery: trio.Nursery) -> None:
+    authority = trustme.CA()
+    certificate = authority.issue_cert("localhost")
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    certificate.configure_cert(server_tls)
+    client_tls = ssl.create_default_context()
+    authority.configure_trust(client_tls)
+    served = 0
+
+    async def tls_connection(tcp: trio.SocketStream) -> None:
+        nonlocal served
+        stream = trio.SSLStream(tcp, server_tls, server_side=True)
+        try:
+            while (request := await read_request(stream)) is not None:
+                assert request.startswith(b"POST /v1/chat/completions HTTP/1.1\r\n")
+                served += 1
+                await stream.send_all(OK)
+        except trio.BrokenResourceError:
+            pass  # a client that did not trust us hangs up mid-handshake
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    listeners = await nursery.start(trio.serve_tcp, tls_connection, 0)
+    port = listeners[0].socket.getsockname()[1]
+    client = Http1Pool(5.0, client_tls)
+    for _ in range(2):
+        response = await client.post(f"https://localhost:{port}/v1/chat/completions", {}, BODY)
+        assert await response.aread() == ANSWER
+    assert served == 2
+    await client.aclose()
+    stranger = Http1Pool(5.0, ssl.create_default_context())  # does not trust our authority
+    with pytest.raises(httpx.ConnectError):
+        await stranger.post(f"https://localhost:{port}/v1/chat/completions", {}, BODY)
+    await stranger.aclose()
