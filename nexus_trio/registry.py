@@ -235,7 +235,6 @@ class Roster:
     ready: tuple[RosterEntry, ...]  # those in rotation, in fleet order
     shortest_context: int | None  # the least context length known among ``ready``
     capabilities_known: bool  # some backend in ``ready`` said what the model can do
-    limited: bool  # some backend in ``ready`` has a max_concurrency
 
     @classmethod
     def of(cls, backends: Iterable[Backend], model: str) -> Roster:
@@ -258,7 +257,6 @@ class Roster:
             ready,
             min(contexts, default=None),
             any(e[1].capabilities is not None for e in ready),
-            any(e[0].max_concurrency is not None for e in ready),
         )
 
 
