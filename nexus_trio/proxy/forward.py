@@ -54,7 +54,7 @@ from nexus_trio.proxy.continuation import continuation_body, may_echo
 from nexus_trio.proxy.http1 import Http1Response
 from nexus_trio.proxy.streaming import OpenStream, open_stream, relay, sse_error_event
 from nexus_trio.proxy.tracker import StreamTracker, add_usage, sse_comment
-from nexus_trio.proxy.upstream import backend_headers, translate_httpx_error
+from nexus_trio.proxy.upstream import translate_httpx_error
 from nexus_trio.routing.patience import wait_for_rotation
 from nexus_trio.routing.requirements import ChatRequest
 from nexus_trio.routing.router import Candidate, RouteDecision, plan_route
@@ -69,14 +69,7 @@ async def attempt_json(attempt: Attempt, candidate: Candidate, body: bytes) -> N
     with trio.move_on_after(timeouts.request_seconds) as deadline:
         response: Http1Response | None = None
         try:
-            response = await attempt.client.open_post(
-                backend.url + "/v1/chat/completions",
-                {
-                    **backend_headers(backend, attempt.request_id),
-                    "content-type": "application/json",
-                },
-                body,
-            )
+            response = await attempt.client.open_chat(backend, attempt.request_id, body)
             if response.status_code != 200:
                 raise await classify_status(response, candidate, attempt.registry)
             answer = await response.aread()

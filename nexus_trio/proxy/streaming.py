@@ -30,7 +30,7 @@ from nexus_trio.proxy.attempt import Attempt, PassThrough, classify_status
 from nexus_trio.proxy.http1 import Http1Response
 from nexus_trio.proxy.sse import SSEEvent, SSEParser
 from nexus_trio.proxy.tracker import StreamTracker
-from nexus_trio.proxy.upstream import backend_headers, translate_httpx_error
+from nexus_trio.proxy.upstream import translate_httpx_error
 from nexus_trio.routing.router import Candidate
 
 __all__ = ["OpenStream", "open_stream", "relay", "sse_error_event"]
@@ -113,11 +113,6 @@ async def open_stream(attempt: Attempt, candidate: Candidate, body: bytes) -> Op
     """
     backend = candidate.backend
     timeouts = attempt.timeouts_for(backend)
-    headers = {
-        **backend_headers(backend, attempt.request_id),
-        "content-type": "application/json",
-        "accept-encoding": "identity",
-    }
     started = trio.current_time()
     backend.in_flight += 1
     response: Http1Response | None = None
@@ -125,9 +120,7 @@ async def open_stream(attempt: Attempt, candidate: Candidate, body: bytes) -> Op
     try:
         with trio.move_on_after(timeouts.first_token_seconds):
             try:
-                response = await attempt.client.open_post(
-                    backend.url + "/v1/chat/completions", headers, body
-                )
+                response = await attempt.client.open_chat(backend, attempt.request_id, body)
                 if response.status_code != 200:
                     raise await classify_status(response, candidate, attempt.registry)
                 content_type = response.headers.get("content-type", "")

@@ -28,7 +28,7 @@ class UpstreamClient(httpx.AsyncClient):
     """The client for every call to a backend.
 
     Health checks, listings and detection use it as any httpx client. Chat requests, the
-    hot path, go through `open_post` to `chat`, Nexus's own HTTP/1.1 client
+    hot path, go through `open_chat` to `chat`, Nexus's own HTTP/1.1 client
     (`nexus_trio.proxy.http1`), which does per request and per streamed event only what
     relaying needs.
     """
@@ -45,14 +45,15 @@ class UpstreamClient(httpx.AsyncClient):
             headers={"user-agent": USER_AGENT},
         )
 
-    async def open_post(self, url: str, headers: dict[str, str], body: bytes) -> Http1Response:
-        """POST ``body`` and return the response once its head is in; its body is read by
-        the caller, who must ``aclose()`` it.
+    async def open_chat(self, backend: Backend, request_id: str, body: bytes) -> Http1Response:
+        """POST a chat completion ``body`` to ``backend`` and return the response once its
+        head is in; its body is read by the caller, who must ``aclose()`` it.
 
         Raises:
             httpx.TransportError: the request could not be sent or the head not read.
         """
-        return await self.chat.post(url, headers, body)
+        headers = {**backend_headers(backend, request_id), "content-type": "application/json"}
+        return await self.chat.post(backend.url + "/v1/chat/completions", headers, body)
 
     async def aclose(self) -> None:
         try:
