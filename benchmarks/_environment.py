@@ -14,13 +14,17 @@ import _contenders as procs
 from _load import wrk_binary
 
 
-def machine() -> dict[str, Any]:
-    cpu = "unknown"
+def cpu_model() -> str:
+    """The CPU's model name (Linux's /proc/cpuinfo), else what the platform module says."""
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def machine() -> dict[str, Any]:
+    cpu = cpu_model()
     memory = 0
     with contextlib.suppress(OSError, ValueError, IndexError):
         memory = int(Path("/proc/meminfo").read_text().split()[1]) * 1024

@@ -42,7 +42,6 @@ import os
 import platform
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -55,6 +54,8 @@ from typing import IO, Any, Final
 
 import httpx
 import trio
+from _contenders import free_port
+from _environment import cpu_model
 
 import nexus_trio
 from nexus_trio import __version__
@@ -412,13 +413,6 @@ async def _soak(args: argparse.Namespace, nexus_url: str, nexus_pid: int, fleet_
 # Processes.
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _config(fleet: dict[str, Any], port: int, args: argparse.Namespace) -> str:
     t = args.timeouts
     lines = [
@@ -559,12 +553,7 @@ def _faults_during(example: dict[str, Any], windows: list[Window]) -> list[str]:
 
 
 def _machine() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+    cpu = cpu_model()
     # The code under test is the nexus_trio imported here (and by the children: same
     # environment, and a working directory outside the repository).
     source = Path(nexus_trio.__file__).resolve().parent.parent
@@ -829,7 +818,7 @@ def main(argv: list[str] | None = None) -> int:
             processes.append((fleet, signal.SIGTERM))
             info = _read_fleet_line(fleet)
             config = logs / "nexus.toml"
-            port = _free_port()
+            port = free_port()
             config.write_text(_config(info, port, args), encoding="utf-8")
             nexus = subprocess.Popen(
                 [sys.executable, "-m", "nexus_trio", "serve", "--config", str(config)],
