@@ -20,6 +20,7 @@ translation for both clients.
 
 from __future__ import annotations
 
+import functools
 import ssl
 from collections.abc import Mapping
 from typing import Final
@@ -53,6 +54,17 @@ def _as_httpx(exc: BaseException, broken: type[httpx.TransportError]) -> BaseExc
     if isinstance(exc, trio.BrokenResourceError | trio.ClosedResourceError | OSError):
         return broken(str(exc) or type(exc).__name__)
     return exc
+
+
+@functools.lru_cache(maxsize=1024)
+def _split(url: str) -> tuple[Origin, str, str]:
+    """(origin, request target, Host header) of a URL; a fleet posts to a few URLs, again
+    and again, so each is taken apart once."""
+    parts = urlsplit(url)
+    scheme = parts.scheme
+    origin = (scheme, parts.hostname or "", parts.port or (443 if scheme == "https" else 80))
+    target = parts.path + (f"?{parts.query}" if parts.query else "")
+    return origin, target, parts.netloc.rpartition("@")[2]
 
 
 def _wire(state: h11.Connection, *events: h11.Event) -> bytes:
@@ -168,17 +180,13 @@ class Http1Pool:
         Raises:
             httpx.TransportError: the connection, the request or the response head failed.
         """
-        parts = urlsplit(url)
-        scheme, host = parts.scheme, parts.hostname or ""
-        port = parts.port or (443 if scheme == "https" else 80)
-        origin = (scheme, host, port)
+        origin, target, authority = _split(url)
         connection = self._reuse(origin) or await self._connect(origin)
-        target = parts.path + (f"?{parts.query}" if parts.query else "")
         request = h11.Request(
             method="POST",
             target=target,
             headers=[
-                ("host", parts.netloc.rpartition("@")[2]),
+                ("host", authority),
                 ("user-agent", USER_AGENT),
                 ("accept-encoding", "identity"),
                 *headers.items(),
