@@ -26,7 +26,7 @@ its message says what to do next::
         └── AllBackendsFailed       502  (504 when every attempt timed out, 429 when every
                                          backend rate-limited, with Retry-After)
 
-httpx errors are translated where they enter (`nexus_trio.proxy.upstream`),
+httpx errors are translated where they enter (`nexus_trio.upstream.client`),
 chained ``from`` the original.
 """
 

@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING
 from nexus_trio.config import Settings
 from nexus_trio.drain import Drain
 from nexus_trio.observe import Observer
-from nexus_trio.proxy.upstream import UpstreamClient
 from nexus_trio.registry import Registry
+from nexus_trio.upstream.client import UpstreamClient
 
 if TYPE_CHECKING:
     from nexus_trio.fleet import Fleet

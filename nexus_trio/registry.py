@@ -19,20 +19,18 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 from urllib.parse import urlsplit
 
 import trio
 
 from nexus_trio.config import BackendSettings, BackendType, ModelOverride
 
-if TYPE_CHECKING:
-    from nexus_trio.backends.checkup import Checkup
-
 __all__ = [
     "SOURCE_PRECEDENCE",
     "Backend",
     "Capability",
+    "Checkup",
     "Health",
     "ModelInfo",
     "Registry",
@@ -101,6 +99,15 @@ class ModelInfo:
     def supports(self, capability: Capability) -> bool:
         """Unknown capabilities count as supported: the backend will say no if not."""
         return self.capabilities is None or capability in self.capabilities
+
+
+@dataclass(frozen=True, slots=True)
+class Checkup:
+    """What one health check of a backend found (`nexus_trio.backends.checkup`)."""
+
+    models: list[ModelInfo]
+    warm_models: frozenset[str] | None = None
+    slots: int | None = None
 
 
 @dataclass(eq=False, slots=True)

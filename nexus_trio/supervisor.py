@@ -59,9 +59,9 @@ from nexus_trio.fleet import Fleet, StateFile, default_state_path
 from nexus_trio.gateway import Gateway
 from nexus_trio.health import run_health
 from nexus_trio.observe import Observer
-from nexus_trio.proxy.upstream import open_upstream_client
 from nexus_trio.registry import Backend, Registry
 from nexus_trio.testing import SimulatedBackend, demo_fleet, serve_fleet
+from nexus_trio.upstream.client import open_upstream_client
 
 if TYPE_CHECKING:
     from zeroconf import ServiceInfo

@@ -18,8 +18,8 @@ from nexus_trio.backends.detect import (
     fingerprint,
 )
 from nexus_trio.config import BackendType
-from nexus_trio.proxy.upstream import open_upstream_client
 from nexus_trio.testing import Flavor, SimModel, SimulatedBackend
+from nexus_trio.upstream.client import open_upstream_client
 
 Answers = dict[str, ProbeAnswer]
 

@@ -18,7 +18,7 @@ import trio
 import trio.testing
 import trustme
 
-from nexus_trio.proxy.http1 import KEEPALIVE_SECONDS, Http1Pool
+from nexus_trio.upstream.http1 import KEEPALIVE_SECONDS, Http1Pool
 
 BODY = b'{"model":"m","messages":[]}'
 ANSWER = b'{"choices":[]}'

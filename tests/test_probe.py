@@ -14,8 +14,8 @@ from nexus_trio.backends.detect import PROBE_PATHS, Fingerprint
 from nexus_trio.config import BackendType, DiscoverySettings
 from nexus_trio.discovery.found import Found
 from nexus_trio.discovery.probe import diff_cycles, local_url, probe_once, run_local_probe
-from nexus_trio.proxy.upstream import open_upstream_client
 from nexus_trio.testing import Flavor, SimModel, SimulatedBackend
+from nexus_trio.upstream.client import open_upstream_client
 
 OLLAMA = Fingerprint(BackendType.OLLAMA, "0.12.6", "http://127.0.0.1:11434")
 VLLM = Fingerprint(BackendType.VLLM, "0.11.0", "http://127.0.0.1:8000")

@@ -19,7 +19,7 @@ The parsing is pure (``parse_*``); ``check_backend`` does the I/O and raises
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -28,8 +28,8 @@ import trio
 from nexus_trio.backends.listing import OllamaShowCache, get_json, list_models
 from nexus_trio.config import BackendType
 from nexus_trio.errors import BackendError, BackendStatus, BackendTimeout
-from nexus_trio.proxy.upstream import backend_headers, translate_httpx_error
-from nexus_trio.registry import Backend, ModelInfo
+from nexus_trio.registry import Backend, Checkup
+from nexus_trio.upstream.client import backend_headers, translate_httpx_error
 
 __all__ = [
     "Checkup",
@@ -47,15 +47,6 @@ _LIVENESS: dict[BackendType, str] = {
     BackendType.EXO: "/node_id",
     BackendType.LOCALAI: "/readyz",
 }
-
-
-@dataclass(frozen=True, slots=True)
-class Checkup:
-    """What one check found."""
-
-    models: list[ModelInfo]
-    warm_models: frozenset[str] | None = None
-    slots: int | None = None
 
 
 def parse_ollama_ps(payload: Any) -> frozenset[str]:

@@ -55,8 +55,8 @@ import httpx
 import trio
 
 from nexus_trio.config import BackendType
-from nexus_trio.proxy.upstream import translate_httpx_error
 from nexus_trio.registry import api_root
+from nexus_trio.upstream.client import translate_httpx_error
 
 __all__ = [
     "DEFAULT_TIMEOUT_SECONDS",
@@ -306,7 +306,7 @@ async def fingerprint(
     :func:`classify`). Never sends a generation request.
 
     Args:
-        client: the upstream client (:func:`nexus_trio.proxy.upstream.open_upstream_client`);
+        client: the upstream client (:func:`nexus_trio.upstream.client.open_upstream_client`);
             its connect timeout applies per connection, the deadline to the whole.
         url: the server's base URL; a trailing ``/v1`` is ignored.
         timeout_seconds: the deadline for all the GETs together.

@@ -20,8 +20,8 @@ import trio
 
 from nexus_trio.config import BackendType
 from nexus_trio.errors import BackendError, BackendProtocolError, BackendStatus
-from nexus_trio.proxy.upstream import backend_headers, translate_httpx_error
 from nexus_trio.registry import Backend, Capability, ModelInfo
+from nexus_trio.upstream.client import backend_headers, translate_httpx_error
 
 __all__ = [
     "OllamaShowCache",

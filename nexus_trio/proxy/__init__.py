@@ -1,4 +1,4 @@
-"""The proxy: the upstream client, the attempt and failover loop, SSE parsing."""
+"""The proxy: the attempt and failover loop, stream tracking and continuation, SSE parsing."""
 
 from nexus_trio.proxy.attempt import Downstream, Outcome
 from nexus_trio.proxy.forward import forward_chat

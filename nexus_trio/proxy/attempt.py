@@ -12,10 +12,10 @@ from typing import Protocol
 
 from nexus_trio.config import TimeoutSettings
 from nexus_trio.errors import BackendError, BackendStatus
-from nexus_trio.proxy.http1 import Http1Response
-from nexus_trio.proxy.upstream import UpstreamClient
 from nexus_trio.registry import Backend, Registry
 from nexus_trio.routing.router import Candidate
+from nexus_trio.upstream.client import UpstreamClient
+from nexus_trio.upstream.http1 import Http1Response
 
 __all__ = [
     "BEFORE_FIRST_BYTE",

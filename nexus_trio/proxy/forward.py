@@ -51,13 +51,13 @@ from nexus_trio.proxy.attempt import (
     nexus_headers,
 )
 from nexus_trio.proxy.continuation import continuation_body, may_echo
-from nexus_trio.proxy.http1 import Http1Response
 from nexus_trio.proxy.streaming import OpenStream, open_stream, relay, sse_error_event
 from nexus_trio.proxy.tracker import StreamTracker, add_usage, sse_comment
-from nexus_trio.proxy.upstream import translate_httpx_error
 from nexus_trio.routing.patience import wait_for_rotation
 from nexus_trio.routing.requirements import ChatRequest
 from nexus_trio.routing.router import Candidate, RouteDecision, plan_route
+from nexus_trio.upstream.client import translate_httpx_error
+from nexus_trio.upstream.http1 import Http1Response
 
 __all__ = ["forward_chat"]
 

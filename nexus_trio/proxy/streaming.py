@@ -27,11 +27,11 @@ import trio
 from nexus_trio.config import TimeoutSettings
 from nexus_trio.errors import BackendError, BackendProtocolError, BackendTimeout, error_body
 from nexus_trio.proxy.attempt import Attempt, PassThrough, classify_status
-from nexus_trio.proxy.http1 import Http1Response
 from nexus_trio.proxy.sse import SSEEvent, SSEParser
 from nexus_trio.proxy.tracker import StreamTracker
-from nexus_trio.proxy.upstream import translate_httpx_error
 from nexus_trio.routing.router import Candidate
+from nexus_trio.upstream.client import translate_httpx_error
+from nexus_trio.upstream.http1 import Http1Response
 
 __all__ = ["OpenStream", "open_stream", "relay", "sse_error_event"]
 

@@ -13,8 +13,8 @@ from types import TracebackType
 import httpx
 
 from nexus_trio.errors import BackendError, BackendProtocolError, BackendTimeout, BackendUnreachable
-from nexus_trio.proxy.http1 import USER_AGENT, Http1Pool, Http1Response
 from nexus_trio.registry import Backend
+from nexus_trio.upstream.http1 import USER_AGENT, Http1Pool, Http1Response
 
 __all__ = [
     "UpstreamClient",
@@ -29,7 +29,7 @@ class UpstreamClient(httpx.AsyncClient):
 
     Health checks, listings and detection use it as any httpx client. Chat requests, the
     hot path, go through `open_chat` to `chat`, Nexus's own HTTP/1.1 client
-    (`nexus_trio.proxy.http1`), which does per request and per streamed event only what
+    (`nexus_trio.upstream.http1`), which does per request and per streamed event only what
     relaying needs.
     """
 

@@ -14,7 +14,7 @@ to the pool; one closed early (a client gone, a failover, a deadline) closes it,
 rest is still on the wire.
 
 Failures raise httpx's transport errors (`httpx.ConnectError`, `httpx.ReadError`, ...), the
-vocabulary `nexus_trio.proxy.upstream.translate_httpx_error` turns into Nexus's own: one
+vocabulary `nexus_trio.upstream.client.translate_httpx_error` turns into Nexus's own: one
 translation for both clients.
 """
 
