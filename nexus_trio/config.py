@@ -504,6 +504,10 @@ class RoutingSettings:
     # When every backend of the model is out of rotation, a request waits this long for
     # one to come back (a half-open probe answers within a second or two) before its 503.
     wait_for_backend_seconds: float = field(default=2.0, metadata=_meta(_Float(0, above=False)))
+    # Every request is streamed from its backend; non-streaming answers are assembled.
+    stream_upstream: bool = field(
+        default=True, metadata=_meta(_Bool(), env="NEXUS_STREAM_UPSTREAM")
+    )
     aliases: Mapping[str, str] = field(
         default_factory=dict, metadata=_meta(_Map(_Str(), what="alias name"))
     )

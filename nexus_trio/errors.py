@@ -25,6 +25,8 @@ its message says what to do next::
         ├── BackendProtocolError    502  a body or SSE stream we cannot read
         └── AllBackendsFailed       502  (504 when every attempt timed out, 429 when every
                                          backend rate-limited, with Retry-After)
+    AnswerIncomplete                502  a backend failed mid-answer and none could continue it
+                                         (the failure's code; mid-stream: an error event)
 
 httpx errors are translated where they enter (`nexus_trio.upstream.client`),
 chained ``from`` the original.
@@ -39,6 +41,7 @@ from typing import Any
 __all__ = [
     "AdminForbidden",
     "AllBackendsFailed",
+    "AnswerIncomplete",
     "BackendError",
     "BackendExists",
     "BackendNotFound",
@@ -242,3 +245,22 @@ class AllBackendsFailed(NexusError):
 
     def headers(self) -> list[tuple[str, str]]:
         return [("retry-after", "1")] if self.status == 429 else []
+
+
+class AnswerIncomplete(NexusError):
+    """A backend failed after the answer had begun, and no other backend could continue it.
+
+    On a stream the client has the answer so far and hears this as an error event; a
+    client waiting for a whole answer gets it as the response.
+    """
+
+    status = 502
+    type = "upstream_error"
+
+    def __init__(self, failure: BackendError, why_not: str) -> None:
+        super().__init__(
+            f"The backend failed mid-answer ({failure.message}) and the answer could not be "
+            f"continued: {why_not}. The answer is incomplete; retry the request."
+        )
+        self.code = failure.code or "backend_error"
+        self.why_not = why_not

@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 import trio
 
 from nexus_trio.config import BackendSettings, BackendType, ModelOverride
+from nexus_trio.errors import BackendError, BackendStatus
 
 __all__ = [
     "SOURCE_PRECEDENCE",
@@ -37,6 +38,7 @@ __all__ = [
     "RegistryEvent",
     "Roster",
     "Secret",
+    "Slot",
     "Source",
     "endpoint_of",
 ]
@@ -133,7 +135,7 @@ class Backend:
     stream_idle_seconds: float | None = None
     health: Health = Health.UNKNOWN
     health_detail: str = ""
-    in_flight: int = 0
+    in_flight: int = 0  # requests sent and not yet over; changed by `Slot` only
     ttft_ewma_seconds: float | None = None
     consecutive_failures: int = 0
     consecutive_successes: int = 0
@@ -267,6 +269,32 @@ class Roster:
         )
 
 
+class Slot:
+    """One request's hold on a backend: counted in its ``in_flight`` from `Registry.occupy`
+    until `release` (or the end of a ``with`` block), once, whatever happens between."""
+
+    __slots__ = ("_backend", "_freed", "_held")
+
+    def __init__(self, backend: Backend, freed: trio.lowlevel.ParkingLot) -> None:
+        self._backend = backend
+        self._freed = freed
+        self._held = True
+        backend.in_flight += 1
+
+    def release(self) -> None:
+        """Give the slot back (later calls do nothing) and wake whoever waits for one."""
+        if self._held:
+            self._held = False
+            self._backend.in_flight -= 1
+            self._freed.unpark_all()
+
+    def __enter__(self) -> Slot:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+
 @dataclass(frozen=True, slots=True)
 class RegistryEvent:
     """A change subscribers hear about: ``kind`` names it, ``backend`` is whose."""
@@ -286,6 +314,7 @@ class Registry:
         self.rotation = 0  # bumped per routing decision; rotates ties
         self._subscribers: list[trio.MemorySendChannel[RegistryEvent]] = []
         self._rosters: dict[str, Roster] = {}  # by model; emptied by every change
+        self._slot_freed = trio.lowlevel.ParkingLot()
         for backend in backends:
             self.add(backend)
 
@@ -404,6 +433,29 @@ class Registry:
         backend.consecutive_failures = 0
         self._set_health(backend, Health.UNKNOWN, "")
         backend.recovery_wanted.set()
+
+    def occupy(self, backend: Backend) -> Slot:
+        """Count one request in ``backend``'s load until the slot is released. The only
+        writer of ``Backend.in_flight``."""
+        return Slot(backend, self._slot_freed)
+
+    async def wait_slot_freed(self) -> None:
+        """Block until some request releases its slot on any backend."""
+        await self._slot_freed.park()
+
+    def request_failed(self, backend: Backend, model: str, failure: BackendError) -> None:
+        """A request to ``backend`` failed: a 404 means it no longer has the model (the route
+        exists on every type Nexus speaks to); anything else takes it out of rotation."""
+        if isinstance(failure, BackendStatus) and failure.upstream_status == 404:
+            self.forget_model(backend, model)
+        else:
+            self.demote(backend, failure.reason)
+
+    def request_served(self, backend: Backend, ttft_seconds: float | None) -> None:
+        """A request to ``backend`` is being answered; its first token came after
+        ``ttft_seconds`` (None: answered in one piece, so not known)."""
+        if ttft_seconds is not None:
+            self.record_ttft(backend, ttft_seconds)
 
     def record_ttft(self, backend: Backend, seconds: float) -> None:
         if not math.isfinite(seconds) or seconds < 0:

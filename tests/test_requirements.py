@@ -7,11 +7,21 @@ import json
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from nexus_trio.config import RoutingSettings
+from nexus_trio.dialects.openai_chat import parse_chat_request as parse_with
 from nexus_trio.errors import RequestError
-from nexus_trio.routing.requirements import ChatRequest, parse_chat_request
+from nexus_trio.routing.requirements import ChatRequest
+
+STREAM_UPSTREAM = RoutingSettings()
+AS_SENT = RoutingSettings(stream_upstream=False)
+
+
+def parse_chat_request(body: bytes, *, stream_upstream: bool = True) -> ChatRequest:
+    return parse_with(body, STREAM_UPSTREAM if stream_upstream else AS_SENT)
+
 
 IMAGE_PARTS = ("image_url", "input_image", "image")
 FIELDS = (
@@ -24,6 +34,9 @@ FIELDS = (
     "max_tokens",
     "max_completion_tokens",
     "response_format",
+    "n",
+    "logprobs",
+    "stream_options",
 )
 
 PROPERTY = settings(max_examples=150, deadline=None)
@@ -80,6 +93,10 @@ VALID: dict[str, st.SearchStrategy[Any]] = {
     "max_completion_tokens": counts,
     "response_format": st.none()
     | st.fixed_dictionaries({"type": st.sampled_from(["text", "json_object", "json_schema"])}),
+    "n": st.none() | st.integers(1, 3),
+    "logprobs": st.none() | st.booleans(),
+    "stream_options": st.none()
+    | st.fixed_dictionaries({}, optional={"include_usage": st.booleans()}),
 }
 extra_fields = st.dictionaries(text.filter(lambda k: k not in FIELDS), comparable_json, max_size=3)
 
@@ -196,6 +213,9 @@ def wrong_fields(body: bytes) -> set[str] | None:
     stream = payload.get("stream")
     if stream is not None and not isinstance(stream, bool):
         wrong.add("stream")
+    options = payload.get("stream_options")
+    if stream is True and options is not None and not isinstance(options, dict):
+        wrong.add("stream_options")
     stop = payload.get("stop")
     if not (
         stop is None
@@ -249,7 +269,7 @@ def test_an_object_parses_or_is_a_400_naming_a_wrong_field(body: bytes) -> None:
     result = parse_or_error(body)
     if isinstance(result, ChatRequest):
         assert wrong == set(), f"accepted a body with wrong {wrong}"
-        assert json.loads(result.body) == forwarded(json.loads(body))
+        assert json.loads(result.body) == forwarded(json.loads(body), True)
         return
     assert type(result) is RequestError
     assert result.status == 400
@@ -258,13 +278,18 @@ def test_an_object_parses_or_is_a_400_naming_a_wrong_field(body: bytes) -> None:
     assert result.param in wrong, (result.param, wrong)
 
 
-def forwarded(payload: dict[str, Any]) -> dict[str, Any]:
-    """What a backend is sent: the payload, asking for usage if it streams (Nexus counts
-    every stream's tokens)."""
-    if payload.get("stream") is not True:
+def forwarded(payload: dict[str, Any], stream_upstream: bool) -> dict[str, Any]:
+    """What a backend is sent: a stream asking for usage (Nexus counts every request's
+    tokens, and assembles a whole answer from a stream), unless the answer could not be
+    assembled from one or the setting is off for a client that asked for no stream."""
+    stream = payload.get("stream") is True
+    assemblable = payload.get("n") in (None, 1) and not payload.get("logprobs")
+    if not stream and not (stream_upstream and assemblable):
         return payload
-    options = payload.get("stream_options") or {}
-    return {**payload, "stream_options": {**options, "include_usage": True}}
+    options = payload.get("stream_options") if stream else None
+    if isinstance(options, dict) and options.get("include_usage") is True:
+        return payload
+    return {**payload, "stream": True, "stream_options": {**(options or {}), "include_usage": True}}
 
 
 def text_length(messages: list[dict[str, Any]]) -> int:
@@ -279,20 +304,43 @@ def text_length(messages: list[dict[str, Any]]) -> int:
 
 
 @PROPERTY
-@given(payload=valid_payloads(), ensure_ascii=st.booleans(), other=model_names)
+@given(
+    payload=valid_payloads(),
+    ensure_ascii=st.booleans(),
+    other=model_names,
+    stream_upstream=st.booleans(),
+)
+@example(  # an integer beyond 64 bits must reach the backend exactly, even rewritten
+    payload={"model": "m", "messages": [{"role": "user"}], "": -9223372036854775809},
+    ensure_ascii=False,
+    other="n",
+    stream_upstream=False,
+)
+@example(
+    payload={"model": "m", "messages": [{"role": "user"}], "stream": False, "x": 2**70},
+    ensure_ascii=True,
+    other="n",
+    stream_upstream=True,
+)
 def test_valid_bodies_are_forwarded_untouched_or_with_only_the_model_changed(
-    payload: dict[str, Any], ensure_ascii: bool, other: str
+    payload: dict[str, Any], ensure_ascii: bool, other: str, stream_upstream: bool
 ) -> None:
     body = json.dumps(payload, ensure_ascii=ensure_ascii).encode()
-    request = parse_chat_request(body)
-    sent = forwarded(payload)
+    request = parse_chat_request(body, stream_upstream=stream_upstream)
+    sent = forwarded(payload, stream_upstream)
+    assert request.streamed_upstream is (sent.get("stream") is True)
     if sent is payload:
         assert request.body_for(payload["model"]) == body  # the client's bytes
-    else:  # the client's bytes, asking for usage in front
+    elif {"stream", "stream_options"}.isdisjoint(payload):  # the client's bytes, spliced
+        assert request.body_for(payload["model"]) == (
+            b'{"stream":true,"stream_options":{"include_usage":true},' + body[1:]
+        )
+    elif payload.get("stream") is True and "stream_options" not in payload:
         assert (
             request.body_for(payload["model"])
             == b'{"stream_options":{"include_usage":true},' + body[1:]
         )
+    if sent is not payload:
         assert request.client_wants_usage is False
     assert json.loads(request.body_for(payload["model"])) == sent
     if other != payload["model"]:
@@ -439,15 +487,19 @@ def test_context_need_counts_the_prompt_and_the_completion() -> None:
 
 def test_a_huge_prompt_parses() -> None:
     body = encode(hello(messages=[{"role": "user", "content": "é" * 4_000_000}]))
-    request = parse_chat_request(body)
-    assert request.body_for("llama3:8b") is body
-    assert request.needs.context_tokens > 100_000
+    as_sent = parse_chat_request(body, stream_upstream=False)
+    assert as_sent.body_for("llama3:8b") is body  # not copied
+    assert as_sent.needs.context_tokens > 100_000
+    streamed = parse_chat_request(body)  # asks for a stream without re-encoding the rest
+    assert streamed.body_for("llama3:8b").endswith(body[1:])
 
 
 def test_unicode_survives_a_model_change() -> None:
     payload = hello(messages=[{"role": "user", "content": "naïve 日本語 🦙"}], model="lláma")
     request = parse_chat_request(json.dumps(payload, ensure_ascii=False).encode())
-    assert json.loads(request.body_for("llama3:8b")) == {**payload, "model": "llama3:8b"}
+    sent = json.loads(request.body_for("llama3:8b"))
+    assert sent == {**forwarded(payload, True), "model": "llama3:8b"}
+    assert sent["messages"] == payload["messages"]
 
 
 def test_a_lone_surrogate_survives_a_model_change() -> None:

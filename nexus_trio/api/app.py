@@ -1,9 +1,10 @@
 """The ASGI application: chat completions on the proxy's own path, the rest on Quart.
 
-``make_app`` returns one ASGI callable. ``POST /v1/chat/completions`` goes to
-`nexus_trio.api.chat` (see there for why it is plain ASGI); every other path,
-and the lifespan protocol, goes to the quart-trio app built here. Every error,
-from either side, is an OpenAI-shaped JSON body — never HTML.
+``make_app`` returns one ASGI callable. ``POST /v1/chat/completions`` goes to the
+request pipeline, `nexus_trio.api.frame`, with the OpenAI chat dialect (see there for
+why it is plain ASGI); every other path, and the lifespan protocol, goes to the
+quart-trio app built here. Every error, from either side, is an OpenAI-shaped JSON
+body — never HTML.
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from nexus_trio import __version__
 from nexus_trio.api.admin import make_admin_blueprint
-from nexus_trio.api.chat import ASGIDownstream, handle_chat
 from nexus_trio.api.dashboard import make_dashboard_blueprint
+from nexus_trio.api.frame import ASGIDownstream, serve_inference
 from nexus_trio.api.observe import make_observe_blueprint
 from nexus_trio.catalog import listed_models, model_entry
+from nexus_trio.dialects import CHAT
 from nexus_trio.errors import ModelNotFound, NexusError, error_body
 from nexus_trio.gateway import Gateway
 from nexus_trio.routing.router import nearest_models
@@ -54,7 +56,7 @@ def make_quart_app(gateway: Gateway) -> QuartTrio:
     # Quart cuts every response, streams included, after RESPONSE_TIMEOUT (60 s), silently.
     # Nothing here streams yet, but the dashboard will (SSE and WebSocket): responses end
     # when they are done, or when a shutdown drains them. The chat route is plain ASGI
-    # (nexus_trio.api.chat) and never went through this timeout.
+    # (nexus_trio.api.frame) and never went through this timeout.
     app.config["RESPONSE_TIMEOUT"] = None
     app.register_blueprint(make_admin_blueprint(gateway))
     app.register_blueprint(make_observe_blueprint(gateway))
@@ -156,7 +158,7 @@ def make_app(gateway: Gateway) -> Any:
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["path"] == CHAT_PATH:
             if scope["method"] == "POST":
-                await handle_chat(gateway, scope, receive, send)
+                await serve_inference(gateway, CHAT, scope, receive, send)
             else:
                 await ASGIDownstream(send).respond(
                     405,

@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from nexus_trio.proxy.attempt import Failover, Outcome
+from nexus_trio.proxy.exchange import Failover, Outcome
 
 __all__ = ["CLIENT_DISCONNECTED", "CLIENT_GONE", "STREAM_INCOMPLETE", "RequestRecord"]
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nexus_trio.observe.record import RequestRecord
-from nexus_trio.proxy.attempt import BEFORE_FIRST_BYTE, MID_STREAM
+from nexus_trio.proxy.exchange import BEFORE_FIRST_BYTE, MID_STREAM
 
 __all__ = ["Stats", "Tally"]
 

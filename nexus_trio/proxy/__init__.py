@@ -1,7 +1,17 @@
-"""The proxy: the attempt and failover loop, stream tracking and continuation, SSE parsing."""
+"""The proxy: the attempt and failover loop, stream tracking and continuation, SSE
+parsing, and the `Writer` seam the dialects plug into."""
 
-from nexus_trio.proxy.attempt import Downstream, Outcome
+from nexus_trio.proxy.exchange import Exchange, Outcome
 from nexus_trio.proxy.forward import forward_chat
 from nexus_trio.proxy.sse import SSEEvent, SSEParser
+from nexus_trio.proxy.writer import WholeAnswer, Writer
 
-__all__ = ["Downstream", "Outcome", "SSEEvent", "SSEParser", "forward_chat"]
+__all__ = [
+    "Exchange",
+    "Outcome",
+    "SSEEvent",
+    "SSEParser",
+    "WholeAnswer",
+    "Writer",
+    "forward_chat",
+]

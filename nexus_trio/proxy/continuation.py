@@ -20,7 +20,9 @@ from typing import Any
 
 from nexus_trio.config import BackendType
 
-__all__ = ["continuation_body", "may_echo"]
+__all__ = ["continuation_body", "may_echo", "tokens_left"]
+
+_LIMITS = ("max_tokens", "max_completion_tokens")
 
 
 def may_echo(kind: BackendType) -> bool:
@@ -30,6 +32,18 @@ def may_echo(kind: BackendType) -> bool:
     detected and stripped (and text that is not an echo passes unchanged).
     """
     return kind is not BackendType.VLLM
+
+
+def tokens_left(payload: dict[str, Any], produced: int) -> int | None:
+    """How many more tokens the answer may have under the client's own limit
+    (``max_tokens``, ``max_completion_tokens``) once ``produced`` (about: content chunks)
+    have been received; None when it set none."""
+    limits = [
+        value
+        for name in _LIMITS
+        if isinstance(value := payload.get(name), int) and not isinstance(value, bool)
+    ]
+    return max(0, min(limits) - produced) if limits else None
 
 
 def continuation_body(
@@ -43,10 +57,11 @@ def continuation_body(
     body = dict(payload)
     body["model"] = model
     body["messages"] = [*payload["messages"], {"role": "assistant", "content": prefill}]
-    for limit in ("max_tokens", "max_completion_tokens"):
+    left = tokens_left(payload, produced)
+    for limit in _LIMITS:
         value = payload.get(limit)
-        if isinstance(value, int) and not isinstance(value, bool):
-            body[limit] = max(1, value - produced)
+        if left is not None and isinstance(value, int) and not isinstance(value, bool):
+            body[limit] = max(1, left)
     if kind is BackendType.VLLM:
         body["continue_final_message"] = True
         body["add_generation_prompt"] = False

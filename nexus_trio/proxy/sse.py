@@ -9,16 +9,39 @@ Framing follows the WHATWG HTML standard, section 9.2.6 ("Interpreting an
 event stream"): lines end in CRLF, LF or CR; an empty line ends an event;
 lines starting with ``:`` are comments; ``data`` lines of one event are joined
 with LF. Events can span reads and one read can hold many events.
+
+The events Nexus writes itself (a rewritten chunk, the closing ``[DONE]``, a
+comment, an error) are encoded here too, and only here.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["DONE", "SSEEvent", "SSEParser"]
+__all__ = [
+    "DONE",
+    "DONE_EVENT",
+    "SSEEvent",
+    "SSEParser",
+    "comment_event",
+    "data_event",
+]
 
 DONE = "[DONE]"
+DONE_EVENT = b"data: [DONE]\n\n"
 _BOM = b"\xef\xbb\xbf"
+
+
+def data_event(payload: dict[str, Any]) -> bytes:
+    """One ``data:`` event carrying ``payload`` as JSON (UTF-8, one line)."""
+    return b"data: " + json.dumps(payload, ensure_ascii=False).encode() + b"\n\n"
+
+
+def comment_event(text: str) -> bytes:
+    """An SSE comment: clients and SDKs skip it, people reading the wire see it."""
+    return b": " + text.replace("\n", " ").replace("\r", " ").encode() + b"\n\n"
 
 
 @dataclass(frozen=True, slots=True)

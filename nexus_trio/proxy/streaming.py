@@ -3,21 +3,21 @@
 `open_stream` is phase 1: it sends the request and reads until the backend
 has produced an event that carries part of the answer, under the backend's
 first-token deadline, without touching the client. It returns an `OpenStream`
-holding those first events, or raises ``BackendError`` (the caller tries the
-next candidate) or `PassThrough` (the backend refused the request itself).
+holding those first events, or the backend's own `WholeAnswer` (it refused the
+request itself, or answered in one piece), or raises ``BackendError`` (the caller
+tries the next candidate).
 
 `relay` is phase 2: it feeds every event through the `StreamTracker` and
-writes what the tracker lets through, each read under the stall deadline. It
-returns when the answer is complete, or with the failure that stopped it, so
-the caller can continue on another backend.
+hands what the tracker admits to the client's writer, each read under the stall
+deadline. It returns when the answer is complete, or with the failure that
+stopped it, so the caller can continue on another backend.
 
-Events reach the client whole, never half an event, so a failure never leaves
+Events reach the writer whole, never half an event, so a failure never leaves
 a torn event on the wire.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -25,40 +25,41 @@ import httpx
 import trio
 
 from nexus_trio.config import TimeoutSettings
-from nexus_trio.errors import BackendError, BackendProtocolError, BackendTimeout, error_body
-from nexus_trio.proxy.attempt import Attempt, PassThrough, classify_status
+from nexus_trio.errors import BackendError, BackendProtocolError, BackendStatus, BackendTimeout
+from nexus_trio.proxy.exchange import Exchange
 from nexus_trio.proxy.sse import SSEEvent, SSEParser
-from nexus_trio.proxy.tracker import StreamTracker
+from nexus_trio.proxy.tracker import Admitted, StreamTracker
+from nexus_trio.proxy.writer import WholeAnswer
+from nexus_trio.registry import Slot
 from nexus_trio.routing.router import Candidate
 from nexus_trio.upstream.client import translate_httpx_error
 from nexus_trio.upstream.http1 import Http1Response
 
-__all__ = ["OpenStream", "open_stream", "relay", "sse_error_event"]
+__all__ = ["CLIENT_ERRORS", "OpenStream", "open_stream", "read_refusal", "relay"]
 
 # How long to wait for an upstream body to end after its [DONE], to keep the connection.
 DRAIN_SECONDS = 1.0
-
-
-def sse_error_event(message: str, code: str, type_: str = "upstream_error") -> bytes:
-    """One SSE event carrying an OpenAI error; the SDKs raise ``APIError`` on it."""
-    body = error_body(message, type_, code=code)
-    return b"data: " + json.dumps(body).encode() + b"\n\n"
+# Statuses that say the request itself is wrong: the next backend would say the same,
+# so the client hears it unchanged.
+CLIENT_ERRORS = frozenset({400, 401, 403, 405, 409, 413, 415, 422})
+# The most of an error body read before giving up on it.
+MAX_ERROR_BODY_BYTES = 64 * 1024
 
 
 @dataclass(eq=False)
 class OpenStream:
     """A backend's stream that has produced its first token, not yet relayed.
 
-    While it is open it counts in its backend's in-flight requests; `aclose`
-    (always called, in a ``finally``) releases both.
+    It holds a slot on its backend and the upstream response; `aclose` (always
+    called, in a ``finally``) releases both.
     """
 
     candidate: Candidate
+    slot: Slot
     response: Http1Response
     chunks: AsyncIterator[bytes]
     parser: SSEParser
     timeouts: TimeoutSettings
-    opened_at: float
     ttft_seconds: float = 0.0
     head: list[SSEEvent] = field(default_factory=list)  # read in phase 1, not yet relayed
     ended: bool = False  # the upstream body has ended
@@ -101,35 +102,55 @@ class OpenStream:
             with trio.move_on_after(1, shield=True):
                 await self.response.aclose()
         finally:
-            self.candidate.backend.in_flight -= 1
+            self.slot.release()
 
 
-async def open_stream(attempt: Attempt, candidate: Candidate, body: bytes) -> OpenStream:
+async def read_refusal(response: Http1Response, candidate: Candidate) -> WholeAnswer | BackendError:
+    """A non-200 answer: the backend's refusal of the request itself, to pass on (a client
+    error the next backend would repeat), or the failure to fail over from."""
+    body = b""
+    async for chunk in response.aiter_bytes():
+        body += chunk
+        if len(body) > MAX_ERROR_BODY_BYTES:
+            break
+    status = response.status_code
+    if status in CLIENT_ERRORS:
+        content_type = response.headers.get("content-type", "application/json")
+        return WholeAnswer(candidate, status, content_type, body)
+    detail = body[:200].decode("utf-8", "replace").strip()
+    return BackendStatus(candidate.backend.name, status, detail)
+
+
+async def open_stream(
+    exchange: Exchange, candidate: Candidate, body: bytes
+) -> OpenStream | WholeAnswer:
     """Phase 1 at ``candidate``: send, and read up to the first token.
 
     Raises:
         BackendError: it failed before its first token (the caller moves on).
-        PassThrough: it refused the request itself (the client hears that).
     """
     backend = candidate.backend
-    timeouts = attempt.timeouts_for(backend)
+    timeouts = exchange.timeouts_for(backend)
     started = trio.current_time()
-    backend.in_flight += 1
+    slot = exchange.registry.occupy(backend)
     response: Http1Response | None = None
     handed_over = False
     try:
         with trio.move_on_after(timeouts.first_token_seconds):
             try:
-                response = await attempt.client.open_chat(backend, attempt.request_id, body)
+                response = await exchange.client.open_chat(backend, exchange.request_id, body)
                 if response.status_code != 200:
-                    raise await classify_status(response, candidate, attempt.registry)
+                    refusal = await read_refusal(response, candidate)
+                    if isinstance(refusal, BackendError):
+                        raise refusal
+                    return refusal
                 content_type = response.headers.get("content-type", "")
                 if not content_type.startswith("text/event-stream"):
-                    # Answered as JSON despite "stream": true; the client gets it as it is.
-                    raise PassThrough(candidate, 200, await response.aread(),
-                                      content_type or "application/json")  # fmt: skip
-                stream = OpenStream(candidate, response, response.aiter_bytes(), SSEParser(),
-                                    timeouts, started)  # fmt: skip
+                    # Answered in one piece despite "stream": true; the client gets it as it is.
+                    return WholeAnswer(candidate, 200, content_type or "application/json",
+                                       await response.aread())  # fmt: skip
+                stream = OpenStream(candidate, slot, response, response.aiter_bytes(),
+                                    SSEParser(), timeouts)  # fmt: skip
                 probe = StreamTracker()  # only to tell when the first token has come
                 while True:
                     try:
@@ -151,46 +172,44 @@ async def open_stream(attempt: Attempt, candidate: Candidate, body: bytes) -> Op
         )
     finally:
         if not handed_over:
-            backend.in_flight -= 1
+            slot.release()
             if response is not None:
                 with trio.move_on_after(1, shield=True):
                     await response.aclose()
 
 
 async def relay(
-    stream: OpenStream, tracker: StreamTracker, attempt: Attempt
+    stream: OpenStream, tracker: StreamTracker, exchange: Exchange
 ) -> BackendError | None:
-    """Phase 2: relay ``stream`` through ``tracker`` until the answer is complete.
+    """Phase 2: relay ``stream`` through ``tracker`` to the writer until the answer is
+    complete.
 
-    Returns None when it is (``[DONE]`` relayed), or the failure that stopped it.
+    Returns None when it is (``[DONE]`` written), or the failure that stopped it.
     """
     backend = stream.candidate.backend.name
-    downstream = attempt.downstream
+    writer = exchange.writer
     events: list[SSEEvent] | None = stream.head
     stream.head = []
     while True:
         if events is None:  # the body ended without [DONE]
             if tracker.finished:
-                # It did finish: say [DONE] for it, as clients expect.
-                await downstream.send(tracker.admit(_DONE, backend).relay)
+                # It did finish: close it as if [DONE] had come, as clients expect.
+                await writer.send([tracker.close()])
                 return None
             return BackendProtocolError(backend, "ended the stream early")
-        out: list[bytes] = []
+        out: list[Admitted] = []
         for event in events:
             try:
                 admitted = tracker.admit(event, backend)
             except BackendError as failure:
-                await downstream.send(b"".join(out))
+                await writer.send(out)
                 return failure
-            out.append(admitted.relay)
+            out.append(admitted)
             if admitted.done:
-                await downstream.send(b"".join(out))
+                await writer.send(out)
                 return None
-        await downstream.send(b"".join(out))
+        await writer.send(out)
         try:
             events = await stream.read()
         except BackendError as failure:
             return failure
-
-
-_DONE = SSEEvent(raw=b"data: [DONE]\n\n", data="[DONE]")

@@ -12,33 +12,28 @@ same ``id``/``model``/``created``, no second role chunk, no echo of the prefill
 (llama.cpp repeats the prefilled text before continuing it), exactly one
 finish and one ``[DONE]``, and one ``usage`` chunk adding up what every
 backend reported.
+
+Each admitted event comes out twice, for the two kinds of writer: as the OpenAI
+stream's bytes (``relay``, passed through untouched where nothing changed) and
+as the parsed chunks those bytes carry (``chunks``), which writers that speak
+another shape (a whole JSON completion, another API's events) read instead.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
 from nexus_trio import jsonparse
 from nexus_trio.errors import BackendError, BackendProtocolError
-from nexus_trio.proxy.sse import SSEEvent
+from nexus_trio.proxy.sse import DONE_EVENT, SSEEvent, data_event
 
-__all__ = ["DONE_EVENT", "Admitted", "StreamTracker", "add_usage", "sse_comment"]
+__all__ = ["Admitted", "Chunk", "StreamTracker", "add_usage"]
 
-DONE_EVENT = b"data: [DONE]\n\n"
+Chunk = dict[str, Any]  # one ``chat.completion.chunk`` object
 _ANSWER_KEYS = ("content", "tool_calls", "function_call", "refusal", "reasoning_content",
                 "reasoning")  # fmt: skip
 _USAGE_KEYS = ("prompt_tokens", "completion_tokens", "total_tokens")
-
-
-def sse_comment(text: str) -> bytes:
-    """An SSE comment line: clients and SDKs skip it, people reading the wire see it."""
-    return b": " + text.replace("\n", " ").replace("\r", " ").encode() + b"\n\n"
-
-
-def _event(chunk: dict[str, Any]) -> bytes:
-    return b"data: " + json.dumps(chunk, ensure_ascii=False).encode() + b"\n\n"
 
 
 def _says_something(choice: object) -> bool:
@@ -55,7 +50,8 @@ def _says_something(choice: object) -> bool:
 class Admitted:
     """What one upstream event means for the client."""
 
-    relay: bytes = b""  # bytes to send the client now (maybe nothing)
+    relay: bytes = b""  # the OpenAI stream's bytes to send the client now (maybe nothing)
+    chunks: tuple[Chunk, ...] = ()  # the chunks ``relay`` carries, parsed
     says: bool = False  # carries part of the answer: a stream may commit on it
     done: bool = False  # the stream is complete (after relaying ``relay``)
 
@@ -96,7 +92,7 @@ class StreamTracker:
             # Comments and keep-alives: harmless to pass on from the first backend.
             return Admitted(b"" if self.switched else event.raw)
         if event.is_done:
-            return Admitted(self._closing(), says=True, done=True)
+            return self.close()
         chunk = _parse(event.data, backend)
         choices = chunk.get("choices")
         if not isinstance(choices, list) or not choices:
@@ -123,19 +119,31 @@ class StreamTracker:
             if isinstance(content, str) and content:
                 self.text += content
                 self.content_chunks += 1
-            return Admitted(event.raw, says=says)
-        return Admitted(self._rewrite(chunk, choice, delta), says=says)
+            return Admitted(event.raw, (chunk,), says=says)
+        return _encoded(self._rewrite(choice, delta), says=says)
 
-    def _closing(self) -> bytes:
-        """What goes out before ``[DONE]``: the usage, summed if a continuation happened."""
-        out = self._flush_undecided()
-        if self.switched and self.usage and self.forward_usage:
-            out += _event({"id": self.id, "object": "chat.completion.chunk",
-                           "created": self.created, "model": self.model, "choices": [],
-                           "usage": self.usage})  # fmt: skip
-        elif self.held_usage:
-            out += self.held_usage
-        return out + DONE_EVENT
+    def close(self) -> Admitted:
+        """What goes out with ``[DONE]``: held text, and the usage (summed if a continuation
+        happened)."""
+        chunks = self._flush_undecided()
+        if self.switched:
+            if self.usage and self.forward_usage:
+                chunks.append(self._usage_chunk())
+            return _encoded(chunks, says=True, done=True, tail=DONE_EVENT)
+        return Admitted(self.held_usage + DONE_EVENT, says=True, done=True)
+
+    def finish(self, reason: str) -> Admitted:
+        """End the answer here with ``reason`` (no backend will say more): one finishing
+        chunk, then what `close` sends."""
+        ending = [*self._flush_undecided(), self._chunk({}, reason)]
+        self.finished = True
+        closing = self.close()
+        relay = b"".join(data_event(c) for c in ending) + closing.relay
+        return Admitted(relay, (*ending, *closing.chunks), says=True, done=True)
+
+    def _usage_chunk(self) -> Chunk:
+        return {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
+                "model": self.model, "choices": [], "usage": dict(self.usage)}  # fmt: skip
 
     def _add_usage(self, usage: object) -> None:
         add_usage(self.usage, usage)
@@ -158,14 +166,13 @@ class StreamTracker:
         if not may_echo:
             self._continuation.decided = True
 
-    def _rewrite(self, chunk: dict[str, Any], choice: dict[str, Any],
-                 delta: dict[str, Any]) -> bytes:  # fmt: skip
+    def _rewrite(self, choice: dict[str, Any], delta: dict[str, Any]) -> list[Chunk]:
         """A continuation event, made to look like more of the first stream."""
         cont = self._continuation
         assert cont is not None
         content = delta.get("content") if isinstance(delta.get("content"), str) else None
         rest = {k: v for k, v in delta.items() if k not in ("role", "content")}
-        out = b""
+        out: list[Chunk] = []
         if content:
             if not cont.decided:
                 cont.undecided += content
@@ -173,10 +180,9 @@ class StreamTracker:
             if content:
                 self.text += content
                 self.content_chunks += 1
-                out += self._chunk({"content": content}, None)
+                out.append(self._chunk({"content": content}, None))
         if rest or choice.get("finish_reason"):
-            out = self._flush_undecided() + out
-            out += self._chunk(rest, choice.get("finish_reason"))
+            out = [*self._flush_undecided(), *out, self._chunk(rest, choice.get("finish_reason"))]
         return out
 
     def _decide(self, cont: _Continuation) -> str:
@@ -188,23 +194,30 @@ class StreamTracker:
         cont.undecided = ""
         return held[len(prefill) :] if held.startswith(prefill) else held
 
-    def _flush_undecided(self) -> bytes:
+    def _flush_undecided(self) -> list[Chunk]:
         """Held text that turned out to be all there is (a short answer): it is new text."""
         cont = self._continuation
         if cont is None or cont.decided or not cont.undecided:
-            return b""
+            return []
         cont.decided = True
         text, cont.undecided = cont.undecided, ""
         self.text += text
-        return self._chunk({"content": text}, None)
+        return [self._chunk({"content": text}, None)]
 
-    def _chunk(self, delta: dict[str, Any], finish_reason: object) -> bytes:
-        return _event({
+    def _chunk(self, delta: dict[str, Any], finish_reason: object) -> Chunk:
+        return {
             "id": self.id, "object": "chat.completion.chunk", "created": self.created,
             "model": self.model,
             "choices": [{"index": 0, "delta": delta, "logprobs": None,
                          "finish_reason": finish_reason}],
-        })  # fmt: skip
+        }  # fmt: skip
+
+
+def _encoded(chunks: list[Chunk], *, says: bool, done: bool = False,
+             tail: bytes = b"") -> Admitted:  # fmt: skip
+    """Chunks Nexus wrote itself, with their bytes."""
+    relay = b"".join(data_event(c) for c in chunks) + tail
+    return Admitted(relay, tuple(chunks), says=says, done=done)
 
 
 def add_usage(totals: dict[str, int], usage: object) -> None:

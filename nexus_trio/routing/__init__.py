@@ -1,6 +1,6 @@
 """Routing: what a request needs, and which backends can serve it (pure functions)."""
 
-from nexus_trio.routing.requirements import ChatRequest, Requirements, parse_chat_request
+from nexus_trio.routing.requirements import ChatRequest, Requirements
 from nexus_trio.routing.router import Candidate, RouteDecision, nearest_models, plan_route, rank
 
 __all__ = [
@@ -9,7 +9,6 @@ __all__ = [
     "Requirements",
     "RouteDecision",
     "nearest_models",
-    "parse_chat_request",
     "plan_route",
     "rank",
 ]

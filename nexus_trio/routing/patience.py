@@ -21,7 +21,7 @@ from nexus_trio.config import RoutingSettings
 from nexus_trio.errors import BackendsBusy, NoHealthyBackend
 from nexus_trio.registry import Registry
 from nexus_trio.routing.requirements import Requirements
-from nexus_trio.routing.router import RouteDecision, plan_route
+from nexus_trio.routing.router import Candidate, RouteDecision, plan_route
 
 __all__ = ["plan_route_patiently", "wait_for_rotation"]
 
@@ -48,31 +48,48 @@ async def wait_for_rotation(
 
 
 async def plan_route_patiently(
-    needs: Requirements, registry: Registry, routing: RoutingSettings
+    needs: Requirements,
+    registry: Registry,
+    routing: RoutingSettings,
+    *,
+    admit: Callable[[Candidate], bool] | None = None,
+    wait_seconds: float | None = None,
 ) -> RouteDecision:
-    """`plan_route`, waiting up to ``routing.wait_for_backend_seconds`` for a backend to
-    come back into rotation when none is in it.
+    """`plan_route`, waiting up to ``wait_seconds`` (``routing.wait_for_backend_seconds``
+    by default) for a backend to come back into rotation when none is in it.
 
-    Raises what `plan_route` raises, once the wait is over.
+    ``admit``, when given, keeps only the candidates it accepts (a failover leaving out
+    the backends it has tried); a decision with none left counts as none in rotation.
+
+    Raises what `plan_route` raises, once the wait is over; `NoHealthyBackend` when
+    candidates were planned but ``admit`` accepted none.
     """
+    wait = routing.wait_for_backend_seconds if wait_seconds is None else wait_seconds
     refused: list[NoHealthyBackend] = []
 
     def look() -> RouteDecision | None:
         try:
-            return plan_route(
-                needs,
-                registry.backends,
-                routing,
-                turn=registry.next_turn(),
+            decision = plan_route(
+                needs, registry.backends, routing, turn=registry.next_turn(),
                 rosters=registry.roster,
-            )
+            )  # fmt: skip
         except NoHealthyBackend as exc:
-            if isinstance(exc, BackendsBusy) or routing.wait_for_backend_seconds <= 0:
+            if isinstance(exc, BackendsBusy) or wait <= 0:
                 raise  # busy is not down, and no waiting was wanted: answer now
             refused.append(exc)
             return None
+        if admit is None:
+            return decision
+        kept = [c for c in decision.candidates if admit(c)]
+        if kept:
+            return decision._replace(candidates=kept)
+        refused.append(NoHealthyBackend(
+            f"Every backend that could serve {needs.model!r} has been tried or is out of "
+            "rotation; retry in a few seconds."
+        ))  # fmt: skip
+        return None
 
-    decision = await wait_for_rotation(registry, look, routing.wait_for_backend_seconds)
+    decision = await wait_for_rotation(registry, look, wait)
     if decision is None:
         raise refused[-1]
     return decision

@@ -1,18 +1,24 @@
-"""``POST /v1/chat/completions`` as a plain ASGI handler.
+"""The request pipeline every inference API shares, as a plain ASGI handler.
 
-This one route bypasses Quart's response model on purpose. Quart sends the
-response headers as soon as a handler returns, and a body generator that has
-not started yet never runs its ``finally``; the proxy needs the opposite: hold
-the headers until a backend has produced its first event (the commit point),
-and own every deadline and counter inside one task so a client disconnect
-cancels all of it and leaves nothing behind. Everything else is served by the
-Quart app (`nexus_trio.api.app`).
+`serve_inference` takes one request of any dialect (`nexus_trio.dialects`) from
+the first byte of its body to its record: the body limit, the request id, refusal
+while draining, the disconnect watcher, parsing, routing, the proxy, and the
+request record in ``finally``. What is API-specific — how the body parses, how
+the answer and errors are written — is the dialect's.
+
+These routes bypass Quart's response model on purpose. Quart sends the response
+headers as soon as a handler returns, and a body generator that has not started
+yet never runs its ``finally``; the proxy needs the opposite: hold the headers
+until a backend has produced its first event (the commit point), and own every
+deadline and counter inside one task so a client disconnect cancels all of it and
+leaves nothing behind. Everything else is served by the Quart app
+(`nexus_trio.api.app`).
 
 The task layout per request: a nursery holding the proxy (in the handler's
 own task) and a watcher that cancels the nursery when ASGI reports
 ``http.disconnect``; around it, a cancel scope registered with the gateway's
-`Drain`, which a shutdown cuts at its grace deadline (the handler then ends the
-response with one error event of its own).
+`Drain`, which a shutdown cuts at its grace deadline (the writer then ends the
+response with one error of its own).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from typing import Any
 
 import trio
 
+from nexus_trio.dialects import Dialect
 from nexus_trio.errors import BodyTooLarge, NexusError, ShuttingDown
 from nexus_trio.gateway import Gateway
 from nexus_trio.observe import (
@@ -31,12 +38,12 @@ from nexus_trio.observe import (
     STREAM_INCOMPLETE,
     RequestRecord,
 )
-from nexus_trio.proxy.attempt import Attempt, Outcome
+from nexus_trio.proxy.exchange import Exchange, Outcome
 from nexus_trio.proxy.forward import forward_chat
+from nexus_trio.proxy.writer import Writer
 from nexus_trio.routing.patience import plan_route_patiently
-from nexus_trio.routing.requirements import parse_chat_request
 
-__all__ = ["ASGIDownstream", "handle_chat", "header_value", "request_id_of"]
+__all__ = ["ASGIDownstream", "header_value", "request_id_of", "serve_inference"]
 
 log = logging.getLogger("nexus.api")
 
@@ -47,7 +54,7 @@ Scope = dict[str, Any]
 _MAX_REQUEST_ID = 128
 # How long a request the drain cut gets to write its last event and end.
 _CUT_WRITE_SECONDS = 2.0
-# ASGI sends shielded whole (see `handle_chat`): HTTP/1, where hypercorn shields the write.
+# ASGI sends shielded whole (see `serve_inference`): HTTP/1, where hypercorn shields the write.
 _SHIELDED_SEND_VERSIONS = frozenset({"1.0", "1.1"})
 
 
@@ -72,6 +79,8 @@ class ASGIDownstream:
     """Writes one response through ASGI ``send``; remembers whether it has begun."""
 
     __slots__ = ("_send", "ended", "started", "status")
+
+    started: bool  # the response head has been sent
 
     def __init__(self, send: ASGISend) -> None:
         self._send = send
@@ -140,13 +149,15 @@ class _DisconnectWatch:
         scope.cancel()
 
 
-async def handle_chat(gateway: Gateway, scope: Scope, receive: ASGIReceive, send: ASGISend) -> None:
-    """Serve one chat completion request end to end (ASGI).
+async def serve_inference(
+    gateway: Gateway, dialect: Dialect, scope: Scope, receive: ASGIReceive, send: ASGISend
+) -> None:
+    """Serve one request of ``dialect``'s API end to end (ASGI).
 
     The work runs inside the gateway's `Drain`: once Nexus is draining, a new
     request gets a 503 (``Retry-After``, code ``shutting_down``); one the drain
-    cuts at its grace deadline ends with one error event (or a 503 if nothing
-    was sent yet), never mid-event and never silently.
+    cuts at its grace deadline ends with one error (an error event once a stream
+    has begun, else a 503), never mid-event and never silently.
     """
     request_id = request_id_of(scope)
     if scope.get("http_version") in _SHIELDED_SEND_VERSIONS:
@@ -168,6 +179,7 @@ async def handle_chat(gateway: Gateway, scope: Scope, receive: ASGIReceive, send
     outcome = Outcome()
     settings = gateway.settings
     started = trio.current_time()
+    writer: Writer | None = None
     requested: str | None = None
     stream: bool | None = None
     messages: object = None
@@ -188,20 +200,21 @@ async def handle_chat(gateway: Gateway, scope: Scope, receive: ASGIReceive, send
                             "Nexus is shutting down and takes no new requests; retry in a few "
                             "seconds (another instance, or this one once it has restarted)."
                         )
-                    chat = parse_chat_request(body)
+                    chat = dialect.parse(body, settings.routing)
+                    writer = dialect.writer(chat, downstream, request_id)
                     requested, stream = chat.needs.model, chat.needs.stream
                     messages = chat.payload["messages"]
                     registry = gateway.registry
                     decision = await plan_route_patiently(chat.needs, registry, settings.routing)
-                    attempt = Attempt(
+                    exchange = Exchange(
                         gateway.client,
                         registry,
                         settings.routing.timeouts,
                         request_id,
-                        downstream,
+                        writer,
                         outcome,
                     )
-                    await forward_chat(attempt, chat, decision, settings.routing)
+                    await forward_chat(exchange, chat, decision, settings.routing)
                 except NexusError as exc:
                     error = exc
                 except Exception:
@@ -212,7 +225,8 @@ async def handle_chat(gateway: Gateway, scope: Scope, receive: ASGIReceive, send
                         "with the request id."
                     )
                 if error is not None:
-                    await _answer_error(downstream, error, request_id)
+                    writer = writer or dialect.writer(None, downstream, request_id)
+                    await writer.fail(error)
                 await downstream.end()
                 nursery.cancel_scope.cancel()
     finally:
@@ -220,7 +234,8 @@ async def handle_chat(gateway: Gateway, scope: Scope, receive: ASGIReceive, send
             if work.cut and not (downstream.ended or watch.gone):
                 # The drain cut it (the grace ran out, or a second signal): end the
                 # response properly, as a shutdown.
-                error = await _end_as_shutdown(downstream, request_id)
+                writer = writer or dialect.writer(None, downstream, request_id)
+                error = await _end_as_shutdown(writer, downstream)
         finally:
             outcome.settle()
             status = downstream.status or (CLIENT_GONE if watch.gone else 0)
@@ -245,10 +260,10 @@ async def handle_chat(gateway: Gateway, scope: Scope, receive: ASGIReceive, send
             )  # fmt: skip
 
 
-async def _end_as_shutdown(downstream: ASGIDownstream, request_id: str) -> NexusError:
-    """One last error for a request the drain cut: an SSE event after the last whole
-    one if the stream has begun, else a 503. Shielded (a second signal cancels
-    everything around the handler) and bounded."""
+async def _end_as_shutdown(writer: Writer, downstream: ASGIDownstream) -> NexusError:
+    """One last error for a request the drain cut: after the last whole event if the
+    response has begun, else a 503. Shielded (a second signal cancels everything around
+    the handler) and bounded."""
     if downstream.started:
         error = ShuttingDown(
             "Nexus is shutting down and could not finish this answer in time; it is "
@@ -260,16 +275,6 @@ async def _end_as_shutdown(downstream: ASGIDownstream, request_id: str) -> Nexus
             "few seconds (another instance, or this one once it has restarted)."
         )
     with trio.move_on_after(_CUT_WRITE_SECONDS, shield=True):
-        await _answer_error(downstream, error, request_id)
+        await writer.fail(error)
         await downstream.end()
     return error
-
-
-async def _answer_error(downstream: ASGIDownstream, error: NexusError, request_id: str) -> None:
-    """The error as the client can still hear it: one SSE event once a stream has begun,
-    else an OpenAI-shaped JSON response with the error's status."""
-    if downstream.started:
-        await downstream.send(b"data: " + error.to_json() + b"\n\n")
-        return
-    headers = [("content-type", "application/json"), ("x-request-id", request_id)]
-    await downstream.respond(error.status, [*headers, *error.headers()], error.to_json())

@@ -1,55 +1,18 @@
-"""What every attempt at one backend shares: the client side, the outcome, statuses.
-
-An attempt either writes a whole answer to the `Downstream`, or raises
-`BackendError` (the next candidate may serve), or raises `PassThrough` (the
-backend refused the request itself; the client hears that answer as it is).
-"""
+"""One client request as the proxy works on it: what every attempt shares, and what
+happened to it (`Outcome`, read by the request record when it is over)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Protocol
 
 from nexus_trio.config import TimeoutSettings
-from nexus_trio.errors import BackendError, BackendStatus
+from nexus_trio.errors import BackendError
+from nexus_trio.proxy.writer import Writer
 from nexus_trio.registry import Backend, Registry
 from nexus_trio.routing.router import Candidate
 from nexus_trio.upstream.client import UpstreamClient
-from nexus_trio.upstream.http1 import Http1Response
 
-__all__ = [
-    "BEFORE_FIRST_BYTE",
-    "CLIENT_ERRORS",
-    "MID_STREAM",
-    "Attempt",
-    "Downstream",
-    "Failover",
-    "Headers",
-    "Outcome",
-    "PassThrough",
-    "classify_status",
-    "nexus_headers",
-]
-
-Headers = list[tuple[str, str]]
-
-# Statuses that say the request itself is wrong: the next backend would say
-# the same, so the client hears it unchanged.
-CLIENT_ERRORS = frozenset({400, 401, 403, 405, 409, 413, 415, 422})
-# The most of an error body we read before giving up on it.
-MAX_ERROR_BODY_BYTES = 64 * 1024
-
-
-class Downstream(Protocol):
-    """The client's side of one response, as the proxy writes it."""
-
-    async def start(self, status: int, headers: Headers) -> None: ...
-    async def send(self, data: bytes) -> None: ...
-    async def end(self) -> None:
-        """The response is complete; later calls do nothing."""
-
-    async def respond(self, status: int, headers: Headers, body: bytes) -> None:
-        """A whole response at once, with its Content-Length."""
+__all__ = ["BEFORE_FIRST_BYTE", "MID_STREAM", "Exchange", "Failover", "Outcome"]
 
 
 BEFORE_FIRST_BYTE = "before_first_byte"
@@ -115,14 +78,16 @@ class Outcome:
 
 
 @dataclass(frozen=True, slots=True)
-class Attempt:
-    """What every try at a backend for one request shares."""
+class Exchange:
+    """One client request being proxied: the upstream client, the registry, the writer
+    of the client's response, and the outcome. Built once per request; every attempt at a
+    backend (failover, hedge, continuation) shares it."""
 
     client: UpstreamClient
     registry: Registry
     timeouts: TimeoutSettings
     request_id: str
-    downstream: Downstream
+    writer: Writer
     outcome: Outcome
 
     def timeouts_for(self, backend: Backend) -> TimeoutSettings:
@@ -134,46 +99,3 @@ class Attempt:
             first_token_seconds=backend.first_token_seconds or self.timeouts.first_token_seconds,
             stream_idle_seconds=backend.stream_idle_seconds or self.timeouts.stream_idle_seconds,
         )
-
-
-class PassThrough(Exception):
-    """The backend refused the request itself: hand its answer to the client as is."""
-
-    def __init__(self, candidate: Candidate, status: int, body: bytes, content_type: str) -> None:
-        self.candidate = candidate
-        self.status = status
-        self.body = body
-        self.content_type = content_type
-
-
-def nexus_headers(candidate: Candidate, request_id: str, content_type: str) -> Headers:
-    headers = [
-        ("content-type", content_type),
-        ("x-nexus-backend", candidate.backend.name),
-        ("x-nexus-backend-type", candidate.backend.type.value),
-        ("x-nexus-route-reason", candidate.reason),
-        ("x-request-id", request_id),
-    ]
-    if candidate.fallback_from is not None:
-        headers.append(("x-nexus-fallback-model", candidate.model))
-    return headers
-
-
-async def classify_status(
-    response: Http1Response, candidate: Candidate, registry: Registry
-) -> BackendError:
-    """Turn a non-200 answer into a failover (returned) or a pass-through (raised)."""
-    body = b""
-    async for chunk in response.aiter_bytes():
-        body += chunk
-        if len(body) > MAX_ERROR_BODY_BYTES:
-            break
-    status = response.status_code
-    if status in CLIENT_ERRORS:
-        content_type = response.headers.get("content-type", "application/json")
-        raise PassThrough(candidate, status, body, content_type)
-    detail = body[:200].decode("utf-8", "replace").strip()
-    if status == 404:
-        # The route exists on every type we speak to, so a 404 means the model is gone.
-        registry.forget_model(candidate.backend, candidate.model)
-    return BackendStatus(candidate.backend.name, status, detail)

@@ -1,0 +1,27 @@
+"""The APIs at the front door, one codec per API.
+
+A dialect turns a request of its API into the canonical request Nexus routes (an
+OpenAI chat completion request, `nexus_trio.routing.requirements.ChatRequest`) and
+the upstream answer back into its API's response, through its writers
+(`nexus_trio.proxy.writer.Writer`). The pipeline around them is the same for every
+API (`nexus_trio.api.frame`).
+"""
+
+from nexus_trio.dialects.assembly import ChatAssembler
+from nexus_trio.dialects.base import Dialect, Downstream
+from nexus_trio.dialects.openai_chat import (
+    CHAT,
+    OpenAIJSONWriter,
+    OpenAIStreamWriter,
+    parse_chat_request,
+)
+
+__all__ = [
+    "CHAT",
+    "ChatAssembler",
+    "Dialect",
+    "Downstream",
+    "OpenAIJSONWriter",
+    "OpenAIStreamWriter",
+    "parse_chat_request",
+]

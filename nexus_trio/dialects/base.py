@@ -1,0 +1,43 @@
+"""What every dialect provides to the request pipeline (`nexus_trio.api.frame`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from nexus_trio.config import RoutingSettings
+from nexus_trio.proxy.writer import Headers, Writer
+from nexus_trio.routing.requirements import ChatRequest
+
+__all__ = ["Dialect", "Downstream"]
+
+
+class Downstream(Protocol):
+    """The client's side of one HTTP response, as writers write it."""
+
+    @property
+    def started(self) -> bool:
+        """Whether the response head has been sent."""
+
+    async def start(self, status: int, headers: Headers) -> None: ...
+    async def send(self, data: bytes) -> None: ...
+    async def end(self) -> None:
+        """The response is complete; later calls do nothing."""
+
+    async def respond(self, status: int, headers: Headers, body: bytes) -> None:
+        """A whole response at once, with its Content-Length."""
+
+
+@dataclass(frozen=True, slots=True)
+class Dialect:
+    """One API at the front door: how its request bodies become the canonical request,
+    and who writes its responses.
+
+    ``writer`` gets the parsed request, or None when there is none (the body did not
+    parse, or Nexus refused it first) and only an error will be written.
+    """
+
+    api: str  # the API's short name: "chat" (the ``api`` of metrics, logs and history)
+    parse: Callable[[bytes, RoutingSettings], ChatRequest]
+    writer: Callable[[ChatRequest | None, Downstream, str], Writer]
