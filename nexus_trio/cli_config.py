@@ -98,6 +98,11 @@ DESCRIPTIONS: Final[Mapping[str, str]] = {
     "routing.wait_for_backend_seconds": (
         "With every backend of the model out of rotation, wait this long for one to return."
     ),
+    "routing.stream_upstream": (
+        "Stream every request from its backend and assemble non-streaming answers, so they "
+        "get first-token and stall deadlines, hedging and continuation; false: non-streaming "
+        "requests go as they came (n > 1 and logprobs always do)."
+    ),
     "routing.hedge_after_ms": (
         "Start the next backend beside one with no first token after this long; unset: off."
     ),

@@ -259,7 +259,7 @@ class AnswerIncomplete(NexusError):
 
     def __init__(self, failure: BackendError, why_not: str) -> None:
         super().__init__(
-            f"The backend failed mid-answer ({failure.message}) and the answer could not be "
+            f"The backend failed mid-stream ({failure.message}) and the answer could not be "
             f"continued: {why_not}. The answer is incomplete; retry the request."
         )
         self.code = failure.code or "backend_error"

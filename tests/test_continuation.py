@@ -11,14 +11,26 @@ import pytest
 import trio
 
 from nexus_trio.testing import Flavor, SimModel, SimulatedBackend
-from nexus_trio.testing._text import expected_answer
+from nexus_trio.testing._text import answer_tokens, expected_answer
 
 from helpers import sim
 
 MESSAGES: list[Any] = [{"role": "user", "content": "Tell me a long story, please."}]
 FULL = expected_answer("llama3:8b", MESSAGES)
+TOKENS = len(answer_tokens("llama3:8b", MESSAGES))  # content chunks of the whole answer
 FLAVORS = [Flavor.OLLAMA, Flavor.VLLM, Flavor.LLAMACPP]
 PRIORITIES = {"a": {"priority": 1}, "b": {"priority": 2}, "c": {"priority": 3}}
+LOOKUP: Any = {
+    "type": "function",
+    "function": {
+        "name": "lookup",
+        "parameters": {
+            "type": "object",
+            "properties": {"q": {"type": "string"}},
+            "required": ["q"],
+        },
+    },
+}
 
 
 @dataclass
@@ -108,6 +120,86 @@ async def test_dies_mid_stream_and_continues_exactly(
     assert await nexus.in_flight() == {"a": 0, "b": 0}
 
 
+@pytest.mark.parametrize("flavor", FLAVORS)
+async def test_a_continuation_that_adds_nothing_ends_the_answer(
+    start_nexus: Any, flavor: Flavor
+) -> None:
+    """The backend died after its last token, before its finish: the continuation has
+    nothing to add, and its empty finish ends the answer — one finish, one [DONE]."""
+    a, b = replicas(flavor)
+    nexus = await start_nexus([a, b], backend_options=PRIORITIES, routing={"strategy": "priority"})
+    a.faults.die_after_chunks = TOKENS
+    got = await stream_raw(nexus, {"model": "llama3:8b", "messages": MESSAGES, "stream": True,
+                                   "temperature": 0})  # fmt: skip
+    assert_seamless(got)
+    assert got.comments == ["nexus failover from a to b"]
+    prefill = b.stats.last_chat_body["messages"][-1] if b.stats.last_chat_body else None
+    assert prefill == {"role": "assistant", "content": FULL}
+    assert await nexus.in_flight() == {"a": 0, "b": 0}
+
+
+async def test_an_answer_cut_at_its_length_limit_ends_without_a_continuation(
+    start_nexus: Any,
+) -> None:
+    """Died after the last token ``max_tokens`` allowed: nothing more may come, so the
+    answer ends with ``length`` instead of asking another backend for one token more."""
+    a, b = replicas(Flavor.VLLM)
+    nexus = await start_nexus([a, b], backend_options=PRIORITIES, routing={"strategy": "priority"})
+    a.faults.die_after_chunks = 6
+    got = await stream_raw(nexus, {"model": "llama3:8b", "messages": MESSAGES, "stream": True,
+                                   "max_tokens": 6})  # fmt: skip
+    assert got.errors == []
+    assert got.text == "".join(answer_tokens("llama3:8b", MESSAGES)[:6])
+    assert got.finishes == ["length"]
+    assert got.dones == 1
+    assert b.stats.chat_requests == 0
+
+
+@pytest.mark.parametrize("flavor", FLAVORS)
+@pytest.mark.parametrize("cut", [1, 9, TOKENS])
+async def test_a_whole_answer_continues_exactly_too(
+    start_nexus: Any, flavor: Flavor, cut: int
+) -> None:
+    """A client that asked for no stream gets the same guarantee: its backend was asked for
+    a stream, and the answer continued on a replica when that died part-way."""
+    a, b = replicas(flavor)
+    nexus = await start_nexus([a, b], backend_options=PRIORITIES, routing={"strategy": "priority"})
+    a.faults.die_after_chunks = cut
+    raw = await nexus.openai().chat.completions.with_raw_response.create(
+        model="llama3:8b", messages=MESSAGES, temperature=0
+    )
+    completion = raw.parse()
+    assert raw.headers["x-nexus-backend"] == "a"  # committed to "a"; "b" finished it
+    assert completion.object == "chat.completion"
+    assert completion.choices[0].message.content == FULL
+    assert completion.choices[0].finish_reason == "stop"
+    # The usage each backend reported: "a" died before it could; "b" reports what it added.
+    assert completion.usage is not None
+    assert completion.usage.prompt_tokens > 0
+    assert (completion.usage.completion_tokens > 0) is (cut < TOKENS)
+    assert a.stats.last_chat_body is not None
+    assert a.stats.last_chat_body["stream"] is True
+    assert await nexus.in_flight() == {"a": 0, "b": 0}
+
+
+async def test_a_whole_answer_whose_tool_call_broke_starts_over(start_nexus: Any) -> None:
+    """A tool call cannot be continued; a client waiting for a whole answer has received
+    nothing yet, so it is asked again of another backend instead of failing."""
+    a, b = replicas(Flavor.VLLM)
+    nexus = await start_nexus([a, b], backend_options=PRIORITIES, routing={"strategy": "priority"})
+    a.faults.die_after_chunks = 2
+    completion = await nexus.openai().chat.completions.create(
+        model="llama3:8b", messages=MESSAGES, tools=[LOOKUP]
+    )
+    call = completion.choices[0].message.tool_calls
+    assert call is not None
+    assert call[0].function.name == "lookup"
+    assert json.loads(call[0].function.arguments)["q"]
+    assert completion.choices[0].finish_reason == "tool_calls"
+    assert b.stats.chat_requests == 1
+    assert await nexus.in_flight() == {"a": 0, "b": 0}
+
+
 @pytest.mark.parametrize("fault", ["stall_after_chunks", "error_event_after_chunks"])
 async def test_stalls_and_in_band_errors_continue_too(start_nexus: Any, fault: str) -> None:
     a, b = replicas(Flavor.VLLM)
@@ -160,19 +252,8 @@ async def test_a_tool_call_in_flight_is_never_continued(start_nexus: Any) -> Non
     a, b = replicas(Flavor.VLLM)
     nexus = await start_nexus([a, b], backend_options=PRIORITIES, routing={"strategy": "priority"})
     a.faults.die_after_chunks = 2
-    tool = {
-        "type": "function",
-        "function": {
-            "name": "lookup",
-            "parameters": {
-                "type": "object",
-                "properties": {"q": {"type": "string"}},
-                "required": ["q"],
-            },
-        },
-    }
     got = await stream_raw(nexus, {"model": "llama3:8b", "messages": MESSAGES, "stream": True,
-                                   "tools": [tool]})  # fmt: skip
+                                   "tools": [LOOKUP]})  # fmt: skip
     assert len(got.errors) == 1
     assert "tool call" in got.errors[0]["message"]
     assert got.dones == 0

@@ -249,7 +249,12 @@ async def test_alias_rewrites_only_the_model(start_nexus: Any) -> None:
     request = {**HELLO, "model": "gpt-4", "temperature": 0.25, "n": 1}
     response = await nexus.http.post(CHAT, json=request)
     assert response.status_code == 200
-    assert backend.stats.last_chat_body == {**request, "model": "llama3:8b"}
+    assert backend.stats.last_chat_body == {
+        **request,
+        "model": "llama3:8b",
+        "stream": True,  # every request is streamed from its backend
+        "stream_options": {"include_usage": True},
+    }
 
 
 async def test_request_id_is_made_when_absent(start_nexus: Any) -> None:

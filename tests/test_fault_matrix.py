@@ -7,6 +7,10 @@ malformed SSE, in-band error event} × {Ollama-, vLLM-, llama.cpp-style backends
 - while a healthy candidate remains, the official SDK receives one complete
   answer, exactly the deterministic text, nothing doubled or lost at any seam;
 - when none remains, it gets the documented error — never a hang.
+
+Non-streaming requests are streamed from their backends too, so they are bound by
+the same short first-token and stall deadlines; ``request_seconds`` stays at ten
+minutes here, and a test that waited for it would hit its own guard first.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from helpers import sim
 MESSAGES: list[Any] = [{"role": "user", "content": "Describe the fault matrix."}]
 FULL = expected_answer("llama3:8b", MESSAGES)
 K = 5
-TIMEOUTS = {"first_token_seconds": 0.5, "stream_idle_seconds": 0.3, "request_seconds": 0.5}
+TIMEOUTS = {"first_token_seconds": 0.5, "stream_idle_seconds": 0.3, "request_seconds": 600}
 
 Fault = Callable[[SimulatedBackend], Awaitable[None]]
 
@@ -107,11 +111,6 @@ async def test_with_no_healthy_candidate_the_error_is_the_documented_one(
     a = sim("a", flavor)
     nexus = await start_nexus([a], routing={"timeouts": TIMEOUTS})
     await FAULTS[fault](a)
-    if fault == "in_band_error" and not stream:
-        # Backends report in-band errors in streams only: a plain answer is unaffected.
-        with trio.fail_after(10):
-            assert await ask(nexus.openai(), stream) == FULL
-        return
     with trio.fail_after(10), pytest.raises(openai.APIError) as raised:
         await ask(nexus.openai(), stream)
     error = raised.value
