@@ -31,9 +31,7 @@ def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> dic
 
 
 pieces = st.lists(st.text(max_size=8), max_size=6)
-calls = st.lists(
-    st.tuples(st.from_regex(r"[a-z_]{1,12}", fullmatch=True), pieces), max_size=3
-)
+calls = st.lists(st.tuples(st.from_regex(r"[a-z_]{1,12}", fullmatch=True), pieces), max_size=3)
 
 
 @PROPERTY
