@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -167,6 +168,50 @@ def test_a_server_killed_mid_stream_is_continued_exactly(
     # llama.cpp repeats the prefilled text before continuing it: nothing may be doubled or lost.
     assert text == direct_answer
     assert len(finishes) == 1
+    nexus.wait_for(r"failovers=1 .*mid_stream_failovers=1")
+
+
+def decoding(server: LlamaServer) -> int:
+    """Tokens ``server`` has generated so far for the request it is answering (0: idle),
+    from its ``/slots``."""
+    try:
+        slots = httpx.get(server.url + "/slots", timeout=5).json()
+    except httpx.HTTPError:
+        return 0
+    most = 0
+    for slot in slots if isinstance(slots, list) else []:
+        if isinstance(slot, dict) and slot.get("is_processing"):
+            token = slot.get("next_token")
+            token = token[0] if isinstance(token, list) and token else token
+            most = max(most, int((token or {}).get("n_decoded", 0)))
+    return most
+
+
+def test_a_server_killed_mid_generation_of_a_whole_answer_is_continued_exactly(
+    llamas: tuple[LlamaServer, LlamaServer], start_nexus: Any, cut: float
+) -> None:
+    """A client that asked for no stream: Nexus streamed it upstream anyway, so when the
+    server generating it is SIGKILLed part-way, a replica continues it and the client gets
+    the text of an uninterrupted run."""
+    with sdk(llamas[0].url) as client:
+        direct = client.chat.completions.create(model=ALIAS, messages=PROMPT, **GREEDY)
+    assert direct.usage is not None
+    cut_after = max(1, int(direct.usage.completion_tokens * cut))
+    nexus: NexusProcess = start_nexus(config_for(*llamas))
+    killed = None
+    with sdk(nexus.url) as client, ThreadPoolExecutor(max_workers=1) as pool:
+        answer = pool.submit(client.chat.completions.create, model=ALIAS, messages=PROMPT, **GREEDY)
+        while killed is None and not answer.done():
+            for server in llamas:
+                if decoding(server) >= cut_after:
+                    server.kill()  # SIGKILL mid-generation: the connection just drops
+                    killed = server
+                    break
+            time.sleep(0.005)  # polling real servers' /slots, not waiting on Nexus
+        completion = answer.result(timeout=120)
+    assert killed is not None, "the answer finished before the cut point"
+    assert completion.choices[0].message.content == direct.choices[0].message.content
+    assert completion.choices[0].finish_reason == direct.choices[0].finish_reason
     nexus.wait_for(r"failovers=1 .*mid_stream_failovers=1")
 
 
