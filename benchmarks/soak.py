@@ -3,10 +3,10 @@
 Starts, on loopback only, a simulated fleet (one model on several backends of
 mixed flavours, in its own process: ``_soak_fleet.py``) and ``nexus serve`` in
 front of it (another process), then runs ``--clients`` concurrent clients for
-``--minutes``, each sending chat requests back to back (70% streamed) while a
-chaos task in the fleet process injects random faults into one backend at a
-time for a few seconds: HTTP 500/503/429, headers later than the first-token
-timeout, a stream cut or stalled after K chunks, a malformed event, a reset
+``--minutes``, each sending chat requests back to back (half of them streamed)
+while a chaos task in the fleet process injects random faults into one backend at
+a time for a few seconds: HTTP 500/503/429, headers later than a client waits (a
+wedged server), an answer cut or stalled after K chunks, a malformed event, a reset
 before the headers, an in-band error event, refused connections. At least one
 backend is healthy at every moment, so every request should be served.
 
@@ -707,7 +707,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     add("--quick", action="store_true", help="30 s with 20 clients, to try it out")
     add("--seed", type=int, default=1, help="seeds the clients and the chaos")
     add("--warmup", type=float, default=None, help="seconds before the start RSS (30; quick 5)")
-    add("--stream-share", type=float, default=0.7, help="fraction of requests streamed")
+    add("--stream-share", type=float, default=0.5, help="fraction of requests streamed")
     add("--flavors", default="ollama,vllm,llamacpp,vllm", help="one backend per flavour")
     add("--tokens-per-second", type=float, default=25.0, help="a local LLM's pace")
     add("--fault-every", type=float, default=3.0, help="mean seconds between faults")
@@ -717,8 +717,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     add("--fault-kinds", default=None, help="comma-separated subset of the fleet's fault kinds")
     add("--first-token-seconds", type=float, default=5.0, help="Nexus first-token timeout")
     add("--stream-idle-seconds", type=float, default=5.0, help="Nexus stall timeout")
-    add("--request-seconds", type=float, default=10.0, help="Nexus non-stream timeout")
-    add("--delay", type=float, default=None, help="slow-headers fault (default: timeouts + 1 s)")
+    add("--request-seconds", type=float, default=600.0, help="Nexus whole-request bound")
+    add("--delay", type=float, default=None,
+        help="slow-headers fault (default: longer than a client waits)")  # fmt: skip
     add(
         "--max-attempts",
         type=int,
@@ -749,7 +750,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "request": args.request_seconds,
     }
     if args.delay is None:
-        args.delay = max(args.first_token_seconds, args.request_seconds) + 1.0
+        # A wedged server: a request that waited for it would be lost to the client's own
+        # timeout; only the first-token deadline (streamed or not) saves it.
+        args.delay = args.request_timeout + 1.0
     if args.clients < 1 or args.minutes <= 0:
         parser.error("need at least one client and a positive duration")
     if args.warmup >= args.minutes * 60:
