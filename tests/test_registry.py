@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nexus_trio.config import BackendType, RoutingSettings, settings_from_mapping
-from nexus_trio.errors import NexusError, NoHealthyBackend
+from nexus_trio.errors import BackendStatus, NexusError, NoHealthyBackend
 from nexus_trio.registry import (
     Backend,
     Capability,
@@ -393,3 +393,52 @@ def outcome(
         return plan_route(needs, registry.backends, routing, turn=turn, **kw)
     except NexusError as exc:
         return type(exc)
+
+
+# -- slots: the one writer of in_flight ----------------------------------------------------
+
+
+async def test_a_slot_counts_once_whatever_happens() -> None:
+    registry = Registry([backend("a", "m")])
+    a = registry.get("a")
+    first = registry.occupy(a)
+    with registry.occupy(a):
+        assert a.in_flight == 2
+    assert a.in_flight == 1
+    first.release()
+    first.release()  # a second release (a finally after an early one) changes nothing
+    assert a.in_flight == 0
+    with pytest.raises(RuntimeError), registry.occupy(a):
+        raise RuntimeError("the attempt failed")
+    assert a.in_flight == 0
+
+
+async def test_a_released_slot_wakes_whoever_waits_for_one(nursery: trio.Nursery) -> None:
+    registry = Registry([backend("a", "m"), backend("b", "m")])
+    held = registry.occupy(registry.get("b"))
+    woken = trio.Event()
+
+    async def wait() -> None:
+        await registry.wait_slot_freed()
+        woken.set()
+
+    nursery.start_soon(wait)
+    await trio.testing.wait_all_tasks_blocked()
+    with registry.occupy(registry.get("a")):
+        pass
+    await trio.testing.wait_all_tasks_blocked()
+    assert woken.is_set()
+    held.release()
+
+
+async def test_what_a_request_teaches_reaches_the_registry_through_its_methods() -> None:
+    registry = Registry([backend("a", "m", "n")])
+    a = registry.get("a")
+    registry.request_served(a, 0.5)
+    registry.request_served(a, None)  # a whole answer: no first token to time
+    assert a.ttft_ewma_seconds == 0.5
+    registry.request_failed(a, "n", BackendStatus("a", 404, "model 'n' not found"))
+    assert set(a.models) == {"m"}  # it lost that model, and stays in rotation
+    assert a.routable
+    registry.request_failed(a, "m", BackendStatus("a", 500))
+    assert not a.routable
