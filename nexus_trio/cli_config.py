@@ -117,7 +117,9 @@ DESCRIPTIONS: Final[Mapping[str, str]] = {
         "otherwise)."
     ),
     "routing.timeouts.stream_idle_seconds": "Silence allowed between two events of a stream.",
-    "routing.timeouts.request_seconds": "A whole answer that is not streamed.",
+    "routing.timeouts.request_seconds": (
+        "The whole of a request answered in one piece (not streamed to the client)."
+    ),
     # [logging]
     "logging": "Log lines on stderr.",
     "logging.level": "One of: debug, info, warning, error, critical.",

@@ -27,6 +27,7 @@ its message says what to do next::
                                          backend rate-limited, with Retry-After)
     AnswerIncomplete                502  a backend failed mid-answer and none could continue it
                                          (the failure's code; mid-stream: an error event)
+    AnswerTimeout                   504  request_timeout: no whole answer within request_seconds
 
 httpx errors are translated where they enter (`nexus_trio.upstream.client`),
 chained ``from`` the original.
@@ -42,6 +43,7 @@ __all__ = [
     "AdminForbidden",
     "AllBackendsFailed",
     "AnswerIncomplete",
+    "AnswerTimeout",
     "BackendError",
     "BackendExists",
     "BackendNotFound",
@@ -264,3 +266,18 @@ class AnswerIncomplete(NexusError):
         )
         self.code = failure.code or "backend_error"
         self.why_not = why_not
+
+
+class AnswerTimeout(NexusError):
+    """A client waiting for a whole answer did not get it within ``request_seconds``,
+    however many backends worked on it."""
+
+    status = 504
+    type = "timeout_error"
+    code = "request_timeout"
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(
+            f"No complete answer within {seconds:g} s (routing.timeouts.request_seconds); "
+            "ask for fewer tokens, stream the answer, or raise the limit."
+        )

@@ -82,3 +82,17 @@ async def test_streaming_upstream_can_be_turned_off(start_nexus: Any) -> None:
         second.json()["choices"][0]["message"]["content"]
         == (first.json()["choices"][0]["message"]["content"])
     )
+
+
+async def test_a_whole_answer_is_bound_by_request_seconds(start_nexus: Any) -> None:
+    """Streamed upstream, a whole answer keeps its bound on the whole request: a backend
+    that trickles tokens (never stalling) past it is given up on with a 504."""
+    a = sim("a", tokens_per_second=4)
+    nexus = await start_nexus([a], routing={"timeouts": {"request_seconds": 0.5}})
+    request = {"model": "llama3:8b", "messages": MESSAGES}
+    with trio.fail_after(10):
+        response = await nexus.http.post("/v1/chat/completions", json=request)
+    assert response.status_code == 504
+    assert response.json()["error"]["code"] == "request_timeout"
+    assert "request_seconds" in response.json()["error"]["message"]
+    assert await nexus.in_flight() == {"a": 0}

@@ -19,6 +19,8 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import trio
+
 from nexus_trio import jsonparse
 from nexus_trio.config import RoutingSettings
 from nexus_trio.dialects.assembly import ChatAssembler
@@ -41,6 +43,8 @@ __all__ = [
 # A rough, deliberately low estimate of tokens per byte of prompt text: too high
 # would refuse requests a backend could serve; the backend has the last word.
 BYTES_PER_TOKEN = 4
+# How long a whole answer, once assembled, may take to reach a slow client.
+_WHOLE_WRITE_SECONDS = 10.0
 
 
 def _invalid(message: str, param: str | None) -> RequestError:
@@ -278,7 +282,11 @@ class OpenAIJSONWriter(_OpenAIWriter):
         assert self._candidate is not None, "end() before begin()"
         body = json.dumps(self._assembler.completion(usage), ensure_ascii=False).encode()
         headers = nexus_headers(self._candidate, self._request_id, "application/json")
-        await self._downstream.respond(200, headers, body)
+        # Head and body go out together or not at all: a deadline landing between them
+        # would leave a response with a length and no body. Bounded, for a client that
+        # stopped reading.
+        with trio.move_on_after(_WHOLE_WRITE_SECONDS, shield=True):
+            await self._downstream.respond(200, headers, body)
 
     async def fail(self, error: NexusError) -> None:
         if not self._downstream.started:

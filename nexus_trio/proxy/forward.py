@@ -48,6 +48,7 @@ from nexus_trio.config import MidStream, RoutingSettings
 from nexus_trio.errors import (
     AllBackendsFailed,
     AnswerIncomplete,
+    AnswerTimeout,
     BackendError,
     BackendProtocolError,
     BackendTimeout,
@@ -77,14 +78,22 @@ async def forward_chat(
 
     Raises:
         AllBackendsFailed: every attempt failed before the answer began.
+        AnswerTimeout: a whole answer was not complete within ``timeouts.request_seconds``.
     """
     queue = CandidateQueue(
         decision.candidates, replanner(chat.needs, exchange.registry, routing), routing
     )
-    if chat.streamed_upstream:
+    if not chat.streamed_upstream:
+        await _whole_chat(exchange, chat, decision, queue)
+    elif chat.needs.stream:
         await _stream_chat(exchange, chat, decision, routing, queue)
     else:
-        await _whole_chat(exchange, chat, decision, queue)
+        # A whole answer keeps its bound on the whole request, however it is read.
+        seconds = exchange.timeouts.request_seconds
+        with trio.move_on_after(seconds) as whole:
+            await _stream_chat(exchange, chat, decision, routing, queue)
+        if whole.cancelled_caught:
+            raise AnswerTimeout(seconds)
 
 
 def _failed(exchange: Exchange, candidate: Candidate, failure: BackendError) -> None:
