@@ -336,7 +336,8 @@ def config_init(
         bool, typer.Option("--force", help="Overwrite the file if it exists.")
     ] = False,
     minimal: Annotated[
-        bool, typer.Option("--minimal", help="Only [server] and a [[backends]] example.")
+        bool,
+        typer.Option("--minimal", help="Only the server's host and port, and a backend example."),
     ] = False,
 ) -> None:
     """Write a commented nexus.toml holding the defaults, ready to edit."""
