@@ -1,9 +1,10 @@
 """The ``nexus`` command.
 
-``serve`` runs the gateway. Every flag of it maps to one settings key; a flag
+``serve`` runs the gateway. Its flags but ``--config`` and ``--demo`` each set one
+settings key, and take their names and help from the schema (`_flag`); a flag
 left out does not override the environment or the file (precedence: flags >
-``NEXUS_*`` > TOML > defaults). A configuration error prints one line and exits
-with code 2.
+``NEXUS_*`` > TOML > defaults). A configuration error, a bad flag value included,
+prints one line and exits with code 2.
 
 ``backends``, ``models`` and ``health`` are clients of a running server (see
 `nexus_trio.cli_client`): a failure prints one line and exits with code 1.
@@ -24,7 +25,13 @@ import click.shell_completion
 import typer
 
 from nexus_trio import __version__, cli_client, cli_config
-from nexus_trio.config import DEFAULT_CONFIG_FILE, BackendType, LogFormat, load_settings
+from nexus_trio.config import (
+    CONFIG_ENV_VAR,
+    DEFAULT_CONFIG_FILE,
+    BackendType,
+    load_settings,
+    schema_key,
+)
 from nexus_trio.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -46,6 +53,28 @@ def _fail(message: str) -> None:
     raise typer.Exit(code=2)
 
 
+def _flag(path: str) -> Any:
+    """The `serve` option that sets the settings key at dotted `path`. Its names, help,
+    environment variable and completions come from the schema; its value is checked by the
+    loader, like the file's and the environment's, so a bad one is one line and exit code 2."""
+    key = schema_key(path)
+    text = key.describe()
+    if key.env:
+        text += f" (env: {key.env})"  # in brackets, rich would take it for markup
+    words = key.check.choices()
+
+    def complete(incomplete: str) -> list[str]:
+        return [word for word in words if word.startswith(incomplete.lower())]
+
+    return typer.Option(
+        *key.flags,
+        help=text,
+        metavar=None if "/" in key.flags[0] else key.name.upper(),
+        autocompletion=complete if words else None,
+        show_default=False,
+    )
+
+
 @app.command()
 def serve(
     config: Annotated[
@@ -53,53 +82,30 @@ def serve(
         typer.Option(
             "--config",
             "-c",
-            help="TOML file to load [env: NEXUS_CONFIG; default: ./nexus.toml when it exists].",
+            help=f"TOML file to load (env: {CONFIG_ENV_VAR}; default: ./{DEFAULT_CONFIG_FILE} "
+            "when it exists).",
         ),
     ] = None,
-    host: Annotated[
-        str | None, typer.Option(help="Address to listen on [env: NEXUS_HOST].")
-    ] = None,
-    port: Annotated[
-        int | None, typer.Option("--port", "-p", help="Port to listen on [env: NEXUS_PORT].")
-    ] = None,
-    log_level: Annotated[
-        str | None, typer.Option(help="debug|info|warning|error [env: NEXUS_LOG_LEVEL].")
-    ] = None,
-    log_format: Annotated[
-        LogFormat | None, typer.Option(help="Log lines as text or JSON [env: NEXUS_LOG_FORMAT].")
-    ] = None,
-    discovery: Annotated[
-        bool | None,
-        typer.Option(
-            "--discovery/--no-discovery", help="Find backends by itself [env: NEXUS_DISCOVERY]."
-        ),
-    ] = None,
-    health_check: Annotated[
-        bool | None,
-        typer.Option(
-            "--health-check/--no-health-check",
-            help="Probe backends periodically [env: NEXUS_HEALTH_CHECK].",
-        ),
-    ] = None,
+    host: Annotated[str | None, _flag("server.host")] = None,
+    port: Annotated[str | None, _flag("server.port")] = None,
+    log_level: Annotated[str | None, _flag("logging.level")] = None,
+    log_format: Annotated[str | None, _flag("logging.format")] = None,
+    discovery: Annotated[bool | None, _flag("discovery.enabled")] = None,
+    health_check: Annotated[bool | None, _flag("health_check.enabled")] = None,
     demo: Annotated[
         bool, typer.Option("--demo", help="Also run a simulated fleet on loopback to try it out.")
     ] = False,
 ) -> None:
     """Serve the OpenAI-compatible API in front of every backend found or configured."""
-    overrides: dict[str, Any] = {
-        key: value
-        for key, value in {
-            "server.host": host,
-            "server.port": port,
-            "logging.level": log_level,
-            "logging.format": log_format.value if log_format else None,
-            "discovery.enabled": discovery,
-            "health_check.enabled": health_check,
-        }.items()
-        if value is not None
+    overrides: dict[str, object] = {  # None: the flag was not given
+        "server.host": host,
+        "server.port": port,
+        "logging.level": log_level,
+        "logging.format": log_format,
+        "discovery.enabled": discovery,
+        "health_check.enabled": health_check,
+        "demo": demo or None,
     }
-    if demo:
-        overrides["demo"] = True
     try:
         settings = load_settings(config_path=config, overrides=overrides)
     except ConfigError as exc:
@@ -330,7 +336,8 @@ def config_init(
         bool, typer.Option("--force", help="Overwrite the file if it exists.")
     ] = False,
     minimal: Annotated[
-        bool, typer.Option("--minimal", help="Only [server] and a [[backends]] example.")
+        bool,
+        typer.Option("--minimal", help="Only the server's host and port, and a backend example."),
     ] = False,
 ) -> None:
     """Write a commented nexus.toml holding the defaults, ready to edit."""

@@ -1,7 +1,9 @@
 """Log set-up (pretty or JSON lines) and the one line written per request.
 
 The request line carries ids, names, numbers and outcomes; never prompt text
-and never keys.
+and never keys. Level names are read by `nexus_trio.config.log_level_number`, so
+``trace`` (below DEBUG, registered here under the name ``TRACE``) and ``warn`` work
+wherever a level is set.
 """
 
 from __future__ import annotations
@@ -12,11 +14,14 @@ import sys
 import time
 from typing import Any
 
-from nexus_trio.config import LogFormat, LoggingSettings
+from nexus_trio.config import TRACE, LogFormat, LoggingSettings, log_level_number
 
 __all__ = ["configure_logging", "log_request", "request_logger"]
 
 request_logger = logging.getLogger("nexus.request")
+
+# So that records at `TRACE` print as TRACE (and "trace" in JSON), not as "Level 5".
+logging.addLevelName(TRACE, "TRACE")
 
 _STANDARD_ATTRS = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
@@ -57,7 +62,17 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure_logging(settings: LoggingSettings) -> None:
-    """Send every log record to stderr in the configured format and level."""
+    """Send every log record to stderr in the configured format and level.
+
+    Raises:
+        ValueError: a level that is no level name (the loader never lets one through);
+            nothing has been changed then.
+    """
+    level = log_level_number(settings.level)
+    components = {
+        component_logger(name): log_level_number(level_name)
+        for name, level_name in settings.component_levels.items()
+    }
     handler = logging.StreamHandler(sys.stderr)
     if settings.format is LogFormat.JSON:
         handler.setFormatter(JsonFormatter())
@@ -67,11 +82,11 @@ def configure_logging(settings: LoggingSettings) -> None:
         )
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(settings.level.upper())
+    root.setLevel(level)
     # httpx logs every request at INFO: that is our own request log's job.
-    logging.getLogger("httpx").setLevel(max(logging.WARNING, root.level))
-    for name, level in settings.component_levels.items():
-        logging.getLogger(component_logger(name)).setLevel(level.upper())
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, level))
+    for logger, number in components.items():
+        logging.getLogger(logger).setLevel(number)
 
 
 def component_logger(name: str) -> str:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from functools import partial
 from typing import Any
 
@@ -61,3 +62,24 @@ async def start_nexus(nursery: trio.Nursery) -> AsyncIterator[Any]:
     yield start
     for nexus in running:
         await nexus.aclose()
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """For tests that call `configure_logging`: the root logger's handlers and level, and
+    every other logger's level, are put back afterwards."""
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    levels = {name: logger.level for name, logger in _loggers().items()}
+    yield
+    root.handlers[:], root.level = saved
+    for name, logger in _loggers().items():
+        logger.setLevel(levels.get(name, logging.NOTSET))
+
+
+def _loggers() -> dict[str, logging.Logger]:
+    return {
+        name: logger
+        for name, logger in logging.Logger.manager.loggerDict.items()
+        if isinstance(logger, logging.Logger)
+    }

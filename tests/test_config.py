@@ -5,6 +5,9 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import functools
+import logging
+import pkgutil
+import types
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -13,17 +16,23 @@ from hypothesis import given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
+import nexus_trio.config
 from nexus_trio.config import (
     ENV_VARS,
+    LOG_LEVELS,
     MAX_ALIAS_HOPS,
     OVERRIDE_KEYS,
+    TRACE,
     BackendSettings,
     BackendType,
     LogFormat,
+    LoggingSettings,
     RoutingSettings,
     Settings,
     Strategy,
     load_settings,
+    log_level_number,
+    schema_keys,
     settings_from_mapping,
 )
 from nexus_trio.errors import ConfigError
@@ -219,6 +228,14 @@ PRECEDENCE = [
     ),
     ("discovery.enabled", "NEXUS_DISCOVERY", True, ("false", False), ("on", True), False),
     ("health_check.enabled", "NEXUS_HEALTH_CHECK", True, ("false", False), ("YES", True), False),
+    (
+        "routing.stream_upstream",
+        "NEXUS_STREAM_UPSTREAM",
+        True,
+        ("false", False),
+        ("on", True),
+        False,
+    ),
 ]
 
 
@@ -384,7 +401,26 @@ ERRORS = [
         '[routing]\nstrategy = "smrt"',
         ["routing.strategy must be one of smart, round_robin, priority", "did you mean 'smart'?"],
     ),
-    ('[logging]\nlevel = "verbose"', ["logging.level", "debug, info, warning, error, critical"]),
+    (
+        '[logging]\nlevel = "verbose"',
+        ["logging.level must be one of trace, debug, info, warning, error, critical (warn means"],
+    ),
+    ('[logging]\nlevel = "wran"', ["logging.level", "did you mean 'warn'?"]),
+    ('[logging.component_levels]\nregistry = "loud"', ["logging.component_levels.registry"]),
+    (
+        "[health_check]\nejection_base_seconds = 0",
+        ["health_check.ejection_base_seconds", "greater than 0"],
+    ),
+    ("[health_check]\nejection_max_seconds = -1", ["health_check.ejection_max_seconds"]),
+    (
+        "[health_check]\nejection_base_seconds = 10\nejection_max_seconds = 5",
+        [
+            "health_check.ejection_max_seconds must be at least "
+            "health_check.ejection_base_seconds (10), got 5"
+        ],
+    ),
+    ("[health_check]\nejection_base_seconds = 400", ["ejection_max_seconds must be at least"]),
+    ('[routing]\nstream_upstream = "no"', ["routing.stream_upstream must be true or false"]),
     ('[logging]\nformat = "jsn"', ["logging.format", "did you mean 'json'?"]),
     (BACKEND + 'type = "olama"', ["backends[0].type", "did you mean 'ollama'?"]),
     ("server = 5", ["server must be a table"]),
@@ -489,6 +525,232 @@ def test_settings_from_mapping_layers_environ_and_checks_keys() -> None:
     assert data["server"] == {"port": 1}  # the caller's mapping is left alone
     with pytest.raises(ConfigError, match=r"^<config>: backends\[0\] \('a'\): api_key_env"):
         settings_from_mapping(data, environ={})
+
+
+# --- every layer validated on its own ----------------------------------------------------------
+
+# A value the file, or the environment, gets wrong is an error even where a later layer sets
+# the same key: otherwise the same file would fail on the next start, without the flag.
+LAYERS = [
+    # file, environ, overrides, the error
+    (
+        '[server]\nport = "eighty"',
+        {"NEXUS_PORT": "9000"},
+        {},
+        "nexus.toml: server.port must be an integer from 0 to 65535, got 'eighty'",
+    ),
+    (
+        '[server]\nport = "eighty"',
+        {},
+        {"server.port": 9000},
+        "nexus.toml: server.port must be an integer from 0 to 65535, got 'eighty'",
+    ),
+    (
+        '[server]\nport = "eighty"',
+        {"NEXUS_PORT": "9000"},
+        {"server.port": "9001"},
+        "nexus.toml: server.port must be an integer from 0 to 65535, got 'eighty'",
+    ),
+    (
+        '[logging]\nlevel = "loud"',
+        {"NEXUS_LOG_LEVEL": "info"},
+        {},
+        "nexus.toml: logging.level must be one of",
+    ),
+    (
+        "[discovery]\nenabled = 1",
+        {},
+        {"discovery.enabled": False},
+        "nexus.toml: discovery.enabled must be true or false, got 1",
+    ),
+    (
+        "",
+        {"NEXUS_PORT": "eighty"},
+        {"server.port": 9000},
+        "environment: NEXUS_PORT must be an integer from 0 to 65535, got 'eighty'",
+    ),
+    (
+        "",
+        {"NEXUS_STREAM_UPSTREAM": "sometimes"},
+        {"routing.stream_upstream": True},
+        "environment: NEXUS_STREAM_UPSTREAM must be one of true, 1, yes, on",
+    ),
+    (
+        "",
+        {"NEXUS_LOG_LEVEL": "loud"},
+        {"logging.level": "warn"},
+        "environment: NEXUS_LOG_LEVEL must be one of trace",
+    ),
+    # The file is checked first, then the environment, then the command line.
+    (
+        "[server]\nport = -1",
+        {"NEXUS_PORT": "x"},
+        {"server.port": "y"},
+        "nexus.toml: server.port",
+    ),
+    ("", {"NEXUS_PORT": "x"}, {"server.port": "y"}, "environment: NEXUS_PORT"),
+]
+
+
+@pytest.mark.parametrize(("text", "environ", "overrides", "expected"), LAYERS)
+def test_each_layer_is_checked_even_where_a_later_one_overrides_it(
+    cwd: Path, text: str, environ: dict[str, str], overrides: dict[str, object], expected: str
+) -> None:
+    write(cwd, text)
+    with pytest.raises(ConfigError) as info:
+        load_settings(environ=environ, overrides=overrides)
+    message = str(info.value)
+    assert message.startswith(expected)
+    assert "\n" not in message
+
+
+def test_settings_from_mapping_checks_the_document_under_the_environment() -> None:
+    with pytest.raises(ConfigError, match=r"^x\.toml: server\.port must be an integer"):
+        settings_from_mapping(
+            {"server": {"port": "eighty"}}, source="x.toml", environ={"NEXUS_PORT": "1"}
+        )
+
+
+def test_the_layer_that_breaks_a_rule_across_keys_is_named(cwd: Path) -> None:
+    write(cwd, "[health_check]\nejection_base_seconds = 10\nejection_max_seconds = 20\n")
+    settings = load_settings(environ={})
+    assert settings.health_check.ejection_max_seconds == 20.0
+    with pytest.raises(ConfigError) as info:
+        load_settings(environ={}, overrides={"health_check.ejection_max_seconds": 5})
+    assert str(info.value) == (
+        "command line: health_check.ejection_max_seconds must be at least "
+        "health_check.ejection_base_seconds (10), got 5; it caps the doubling of that time"
+    )
+
+
+# --- the new keys ------------------------------------------------------------------------------
+
+
+def test_ejection_and_stream_upstream_keys(cwd: Path) -> None:
+    health, routing = Settings().health_check, Settings().routing
+    assert (health.ejection_base_seconds, health.ejection_max_seconds) == (5.0, 300.0)
+    assert routing.stream_upstream is True
+    write(
+        cwd,
+        "[health_check]\nejection_base_seconds = 2\nejection_max_seconds = 2\n"
+        "[routing]\nstream_upstream = false\n",
+    )
+    settings = load_settings(environ={})
+    assert settings.health_check.ejection_base_seconds == 2.0  # max == base is fine
+    assert isinstance(settings.health_check.ejection_max_seconds, float)
+    assert settings.routing.stream_upstream is False
+    environ = {"NEXUS_STREAM_UPSTREAM": "yes"}
+    assert load_settings(environ=environ).routing.stream_upstream is True
+
+
+# --- log level names ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("spelled", "stored"),
+    [("warn", "warning"), ("WARN", "warning"), ("trace", "trace"), ("Trace", "trace")]
+    + [(name.upper(), name) for name in ("debug", "info", "warning", "error", "critical")],
+)
+def test_log_level_names_of_the_original_nexus_everywhere(
+    cwd: Path, spelled: str, stored: str
+) -> None:
+    write(cwd, f'[logging]\nlevel = "{spelled}"\ncomponent_levels = {{registry = "{spelled}"}}\n')
+    from_file = load_settings(environ={}).logging
+    assert from_file.level == stored
+    assert from_file.component_levels == {"registry": stored}
+    from_env = load_settings(environ={"NEXUS_LOG_LEVEL": spelled})
+    assert from_env.logging.level == stored
+    from_flag = load_settings(environ={}, overrides={"logging.level": spelled})
+    assert from_flag.logging.level == stored
+    # Built directly, without the loader, the names are stored the same way.
+    assert LoggingSettings(level=spelled).level == stored
+
+
+def test_log_level_numbers() -> None:
+    assert TRACE == 5
+    assert LOG_LEVELS == ("trace", "debug", "info", "warning", "error", "critical")
+    assert [log_level_number(name) for name in ("TRACE", "warn", "Warning", "critical")] == [
+        5,
+        logging.WARNING,
+        logging.WARNING,
+        logging.CRITICAL,
+    ]
+    with pytest.raises(ValueError, match="log level must be one of trace, debug"):
+        log_level_number("loud")
+
+
+# --- the schema describes itself ---------------------------------------------------------------
+
+
+def test_every_key_is_described_with_an_example_where_its_default_cannot_be_shown() -> None:
+    keys = schema_keys()
+    paths = {key.path for key in keys}
+    assert {"server.port", "routing.timeouts.connect_seconds", "backends.models"} <= paths
+    for key in keys:
+        assert key.doc.strip(), f"describe {key.path} in nexus_trio/config/schema.py"
+        unwritable = key.kind == "value" and key.default in (None, dataclasses.MISSING)
+        if unwritable or key.kind in ("map", "map-tables"):
+            assert key.example, f"give {key.path} an example in nexus_trio/config/schema.py"
+
+
+def test_every_default_passes_its_own_check() -> None:
+    for key in schema_keys():
+        if key.kind == "value" and key.default not in (None, dataclasses.MISSING):
+            assert key.check(key.default, key.path) == key.default, key.path
+
+
+def test_only_keys_outside_arrays_and_maps_have_env_names_or_flags() -> None:
+    for key in schema_keys():
+        if key.env or key.flags:
+            assert key.settable, f"{key.path} cannot be set from one line of text"
+            assert key.path in OVERRIDE_KEYS
+
+
+OLD_EXPORTS = {  # what `nexus_trio.config` offered as one module; other modules import these
+    "CAPABILITIES",
+    "CONFIG_ENV_VAR",
+    "DEFAULT_CONFIG_FILE",
+    "DEFAULT_PROBE_PORTS",
+    "DEFAULT_SERVICE_TYPES",
+    "ENV_VARS",
+    "LOG_LEVELS",
+    "MAX_ALIAS_HOPS",
+    "OVERRIDE_KEYS",
+    "BackendSettings",
+    "BackendType",
+    "DiscoverySettings",
+    "HealthCheckSettings",
+    "LogFormat",
+    "LoggingSettings",
+    "MidStream",
+    "ModelOverride",
+    "RoutingSettings",
+    "ServerSettings",
+    "Settings",
+    "Strategy",
+    "TimeoutSettings",
+    "load_settings",
+    "settings_from_mapping",
+}
+
+
+def test_the_package_docstring_names_each_of_its_modules() -> None:
+    assert nexus_trio.config.__doc__ is not None
+    for module in pkgutil.iter_modules(nexus_trio.config.__path__):
+        assert f"- `{module.name}`: " in nexus_trio.config.__doc__, module.name
+
+
+def test_the_package_exports_what_the_module_did() -> None:
+    exported = set(nexus_trio.config.__all__)
+    assert exported >= OLD_EXPORTS
+    for name in exported:
+        assert getattr(nexus_trio.config, name) is not None
+    public = {
+        name
+        for name, value in vars(nexus_trio.config).items()
+        if not name.startswith("_") and not isinstance(value, types.ModuleType)
+    }
+    assert public - {"annotations"} == exported, "list every public name in __all__"
 
 
 # --- aliases ---------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""The configuration the README and examples show loads as written."""
+"""The configuration the README and examples show loads as written, and README's key list is
+the schema's."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ from pathlib import Path
 import pytest
 
 from nexus_trio.config import BackendType, Strategy, settings_from_mapping
+from nexus_trio.config.reference import BEGIN_MARKER, END_MARKER, render_key_reference
 
 ROOT = Path(__file__).resolve().parent.parent
-README_TOML = re.findall(r"```toml\n(.*?)```", (ROOT / "README.md").read_text(), re.DOTALL)
+README = (ROOT / "README.md").read_text()
+README_TOML = re.findall(r"```toml\n(.*?)```", README, re.DOTALL)
 ENV = {"OPENAI_API_KEY": "sk-test"}
 
 
@@ -39,3 +42,11 @@ def test_example_config_loads() -> None:
     settings = settings_from_mapping(data, source="examples/nexus.toml", environ=ENV)
     assert settings.routing.resolve_alias("gpt-4o-mini") == "llama3:8b"
     assert len(settings.backends) == 4
+
+
+def test_readme_key_list_matches_the_schema() -> None:
+    start, end = README.index(BEGIN_MARKER), README.index(END_MARKER) + len(END_MARKER)
+    assert README[start:end] + "\n" == render_key_reference(), (
+        "README's key list differs from nexus_trio/config/schema.py: replace it (markers "
+        "included) with the output of `python -m nexus_trio.config.reference`"
+    )

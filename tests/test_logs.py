@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from nexus_trio.config import LoggingSettings
+from nexus_trio.config import TRACE, LoggingSettings
 from nexus_trio.logs import JsonFormatter, RequestLine, configure_logging
 
 from helpers import sim
@@ -103,3 +103,30 @@ def test_component_levels_set_each_loggers_level() -> None:
         root.handlers[:], root.level = saved
         for name in names:
             logging.getLogger(name).setLevel(logging.NOTSET)
+
+
+def test_trace_and_warn_are_applied(restore_logging: None) -> None:
+    configure_logging(
+        LoggingSettings(level="Trace", component_levels={"request": "WARN", "health": "trace"})
+    )
+    assert logging.getLogger().level == TRACE == 5
+    assert logging.getLogger("nexus.request").level == logging.WARNING
+    assert logging.getLogger("nexus.health").level == TRACE
+    assert logging.getLogger("nexus.registry").isEnabledFor(TRACE)
+    # A record at TRACE is named so in both formats.
+    record = logging.makeLogRecord({"name": "nexus.health", "levelno": TRACE, "msg": "probe"})
+    record.levelname = logging.getLevelName(TRACE)
+    assert record.levelname == "TRACE"
+    assert json.loads(JsonFormatter().format(record))["level"] == "trace"
+
+
+def test_warn_from_the_schema_is_applied_as_warning(restore_logging: None) -> None:
+    configure_logging(LoggingSettings(level="warn"))
+    assert logging.getLogger().level == logging.WARNING
+
+
+def test_a_level_that_is_no_level_name_says_which_are(restore_logging: None) -> None:
+    before = logging.getLogger().handlers[:]
+    with pytest.raises(ValueError, match=r"one of trace, debug, info, warning, error, critical"):
+        configure_logging(LoggingSettings(component_levels={"health": "loud"}))
+    assert logging.getLogger().handlers == before
