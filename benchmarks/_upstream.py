@@ -14,6 +14,10 @@ What it answers (HTTP/1.1, keep-alive, ``Content-Length`` request bodies):
 
   ========================  ===========================================================
   ``bench``                 not streamed: one fixed ``chat.completion`` (about 400 bytes)
+  ``bench-whole``           the same; streamed, the same answer as one burst of events
+                            (role and text, finish, usage, ``[DONE]``): an answer that took
+                            no time to generate, in either shape (the latency and
+                            throughput tests: Nexus asks every backend for a stream)
   ``bench`` streamed        a role chunk and the first content chunk at once, then
                             ``chunks - 1`` more content chunks, one every ``period``
                             seconds (drift-free), then the finish chunk and ``[DONE]``
@@ -41,6 +45,7 @@ import signal
 from typing import Any, Final
 
 MODEL: Final = "bench"
+WHOLE_MODEL: Final = "bench-whole"
 SHORT_MODEL: Final = "bench-short"
 HOLD_MODEL: Final = "bench-hold"
 CREATED: Final = 1_700_000_000
@@ -73,6 +78,7 @@ def _event(delta: dict[str, Any], finish: str | None = None) -> bytes:
     return f"{len(data):x}\r\n".encode() + data + b"\r\n"
 
 
+_USAGE: Final = {"prompt_tokens": 9, "completion_tokens": 5, "total_tokens": 14}
 _MODELS: Final = _response(
     "200 OK",
     _json(
@@ -80,7 +86,7 @@ _MODELS: Final = _response(
             "object": "list",
             "data": [
                 {"id": m, "object": "model", "created": CREATED, "owned_by": "bench"}
-                for m in (MODEL, SHORT_MODEL, HOLD_MODEL)
+                for m in (MODEL, WHOLE_MODEL, SHORT_MODEL, HOLD_MODEL)
             ],
         }
     ),
@@ -100,7 +106,7 @@ _COMPLETION: Final = _response(
                     "finish_reason": "stop",
                 }
             ],
-            "usage": {"prompt_tokens": 9, "completion_tokens": 5, "total_tokens": 14},
+            "usage": _USAGE,
         }
     ),
 )
@@ -112,6 +118,28 @@ _ROLE: Final = _event({"role": "assistant", "content": ""})
 _TOKEN: Final = _event({"content": " tok"})
 _DONE: Final = b"data: [DONE]\n\n"
 _TAIL: Final = _event({}, "stop") + f"{len(_DONE):x}\r\n".encode() + _DONE + b"\r\n0\r\n\r\n"
+
+
+def _chunked(data: bytes) -> bytes:
+    return f"{len(data):x}\r\n".encode() + data + b"\r\n"
+
+
+_USAGE_CHUNK: Final = {
+    "id": _CHUNK_ID,
+    "object": "chat.completion.chunk",
+    "created": CREATED,
+    "model": MODEL,
+    "choices": [],
+    "usage": _USAGE,
+}
+_WHOLE_STREAM: Final = (
+    _STREAM_HEAD
+    + _event({"role": "assistant", "content": "A short, fixed answer."})
+    + _event({}, "stop")
+    + _chunked(b"data: " + _json(_USAGE_CHUNK) + b"\n\n")
+    + _chunked(_DONE)
+    + b"0\r\n\r\n"
+)
 _NOT_FOUND: Final = _response("404 Not Found", b'{"error":{"message":"not found"}}')
 _BAD: Final = _response("400 Bad Request", b'{"error":{"message":"bad request"}}')
 
@@ -193,6 +221,9 @@ class _Connection(asyncio.Protocol):
             return
         if not isinstance(request, dict) or not request.get("stream"):
             self.transport.write(_COMPLETION)
+            return
+        if request.get("model") == WHOLE_MODEL:
+            self.transport.write(_WHOLE_STREAM)
             return
         self.transport.write(_STREAM_HEAD + _ROLE + _TOKEN)
         if request.get("model") == HOLD_MODEL:

@@ -451,11 +451,8 @@ class Registry:
         else:
             self.demote(backend, failure.reason)
 
-    def request_served(self, backend: Backend, ttft_seconds: float | None) -> None:
-        """A request to ``backend`` is being answered; its first token came after
-        ``ttft_seconds`` (None: answered in one piece, so not known)."""
-        if ttft_seconds is not None:
-            self.record_ttft(backend, ttft_seconds)
+    def request_succeeded(self, backend: Backend) -> None:
+        """A request to ``backend`` got its answer to the end."""
 
     def record_ttft(self, backend: Backend, seconds: float) -> None:
         if not math.isfinite(seconds) or seconds < 0:

@@ -434,8 +434,7 @@ async def test_a_released_slot_wakes_whoever_waits_for_one(nursery: trio.Nursery
 async def test_what_a_request_teaches_reaches_the_registry_through_its_methods() -> None:
     registry = Registry([backend("a", "m", "n")])
     a = registry.get("a")
-    registry.request_served(a, 0.5)
-    registry.request_served(a, None)  # a whole answer: no first token to time
+    registry.record_ttft(a, 0.5)
     assert a.ttft_ewma_seconds == 0.5
     registry.request_failed(a, "n", BackendStatus("a", 404, "model 'n' not found"))
     assert set(a.models) == {"m"}  # it lost that model, and stays in rotation

@@ -96,7 +96,7 @@ CONFIGURED = 3  # a, b and c are in the config; d and e wait to be announced
 SLOW_RATE = 100.0  # tokens/s: a stream lasts 0.25–0.5 s, long enough to break it midway
 # Short, so that a stalled fleet costs little: the simulators answer JSON at once and
 # stream at most 10 ms apart, so a clean backend is nowhere near any of them.
-TIMEOUTS = {"first_token_seconds": 0.5, "stream_idle_seconds": 0.3, "request_seconds": 0.5}
+TIMEOUTS = {"first_token_seconds": 0.5, "stream_idle_seconds": 0.3, "request_seconds": 30}
 DELAY_SECONDS = 0.7  # past the first-token and whole-answer deadlines
 HEALTH_INTERVAL_SECONDS = 0.2
 GRACE_SECONDS = 0.5  # how long a backend that said goodbye is remembered

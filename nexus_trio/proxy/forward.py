@@ -30,8 +30,9 @@ they came and answered in one piece, under ``timeouts.request_seconds``.
 Every attempt runs inside its own cancel scopes (one per phase deadline), and
 its bookkeeping (the backend's slot, closing the upstream response) happens in
 ``finally`` so that success, failure and a client that went away all leave the
-counters as they found them. What the registry learns from an attempt — it
-failed, it served and how fast — it learns here, in `_failed` and `_served`.
+counters as they found them. What the registry learns from an attempt — how fast
+its first token came, that it failed, that it answered to the end — it learns here,
+in `_committed`, `_failed` and `_succeeded`.
 """
 
 from __future__ import annotations
@@ -102,11 +103,17 @@ def _failed(exchange: Exchange, candidate: Candidate, failure: BackendError) -> 
     exchange.registry.request_failed(candidate.backend, candidate.model, failure)
 
 
-def _served(exchange: Exchange, candidate: Candidate, ttft_seconds: float | None) -> None:
-    """``candidate`` serves the answer: the outcome and the registry hear of it."""
-    exchange.outcome.served(candidate, 200)
-    exchange.outcome.ttft_seconds = ttft_seconds
-    exchange.registry.request_served(candidate.backend, ttft_seconds)
+def _committed(exchange: Exchange, stream: OpenStream) -> None:
+    """The answer commits to ``stream``'s backend: the outcome and the registry hear how
+    fast its first token came."""
+    exchange.outcome.served(stream.candidate, 200)
+    exchange.outcome.ttft_seconds = stream.ttft_seconds
+    exchange.registry.record_ttft(stream.candidate.backend, stream.ttft_seconds)
+
+
+def _succeeded(exchange: Exchange, candidate: Candidate) -> None:
+    """``candidate``'s backend answered to the end: the registry hears of it."""
+    exchange.registry.request_succeeded(candidate.backend)
 
 
 # -- answered in one piece -------------------------------------------------------------
@@ -123,10 +130,9 @@ async def _whole_chat(
             except BackendError as failure:
                 _failed(exchange, candidate, failure)
                 continue
+        exchange.outcome.served(candidate, answer.status)
         if answer.status == 200:
-            _served(exchange, candidate, None)
-        else:
-            exchange.outcome.served(candidate, answer.status)
+            _succeeded(exchange, candidate)
         await exchange.writer.pass_through(answer)
         return
     raise AllBackendsFailed(decision.model, exchange.outcome.failures)
@@ -220,7 +226,7 @@ async def _relay_answer(
     tracker = StreamTracker(forward_usage=chat.client_wants_usage)
     try:
         # The commit point: from here on the writer knows this backend.
-        _served(exchange, stream.candidate, stream.ttft_seconds)
+        _committed(exchange, stream)
         await writer.begin(stream.candidate)
         clean = True  # the last backend ended its stream itself
         while (failure := await relay(stream, tracker, exchange)) is not None:
@@ -242,6 +248,8 @@ async def _relay_answer(
                 await writer.fail(continued)
                 return True
             stream, clean = continued, True
+        if clean:
+            _succeeded(exchange, stream.candidate)
         await writer.end(tracker.usage)
         if clean:
             await stream.drain()
