@@ -74,18 +74,28 @@ DESCRIPTIONS: Final[Mapping[str, str]] = {
         "How long a backend that said goodbye (or stopped answering) is remembered."
     ),
     # [health_check]
-    "health_check": "Active health probes; a backend flips state after N results in a row.",
+    "health_check": (
+        "Active health probes (a backend flips state after N results in a row), and how long "
+        "a request that failed keeps its backend out of rotation."
+    ),
     "health_check.enabled": "Probe every backend periodically.",
     "health_check.interval_seconds": "Time between two probes of one backend.",
     "health_check.timeout_seconds": "A probe that takes longer than this has failed.",
     "health_check.failure_threshold": "Failed probes in a row before a backend is unhealthy.",
     "health_check.recovery_threshold": "Good probes in a row before it is healthy again.",
+    "health_check.ejection_base_seconds": (
+        "A backend a request failed on is out of rotation this long, whatever its probes say."
+    ),
+    "health_check.ejection_max_seconds": (
+        "Each ejection in a row lasts twice the one before, up to this; a run of requests "
+        "served starts over from the base."
+    ),
     # [routing]
     "routing": "How a request picks its backend, and what happens when that backend fails.",
     "routing.strategy": "How the healthy backends of a model are ordered.",
     "routing.max_attempts": (
         "Attempts for one request before giving up with HTTP 502; a backend that failed is "
-        "tried again only once a health probe has brought it back."
+        "tried again only once it is back in rotation."
     ),
     "routing.failover_timeout_seconds": (
         "No new attempt after the request (or, mid-stream, the failure) is this old; 0: no limit."

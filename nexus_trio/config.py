@@ -472,6 +472,8 @@ class HealthCheckSettings:
     timeout_seconds: float = field(default=5.0, metadata=_meta(_POSITIVE))
     failure_threshold: int = field(default=3, metadata=_meta(_AT_LEAST_ONE))
     recovery_threshold: int = field(default=2, metadata=_meta(_AT_LEAST_ONE))
+    ejection_base_seconds: float = field(default=5.0, metadata=_meta(_POSITIVE))
+    ejection_max_seconds: float = field(default=300.0, metadata=_meta(_POSITIVE))
 
 
 @dataclass(frozen=True, slots=True)

@@ -91,6 +91,7 @@ async def attempt_json(attempt: Attempt, candidate: Candidate, body: bytes) -> N
             backend.name, "answered 200 with a body that is not a completion"
         )
     outcome.served(candidate, 200)
+    attempt.registry.record_success(backend)
     add_usage(outcome.usage, parsed.get("usage"))
     outcome.answer = _answer_text(parsed)
     await downstream.respond(
@@ -218,7 +219,7 @@ def _failed(attempt: Attempt, candidate: Candidate, failure: BackendError) -> No
     """Note a failed attempt; take its backend out of rotation unless it only lost the model."""
     attempt.outcome.failed(candidate, failure)
     if not (isinstance(failure, BackendStatus) and failure.upstream_status == 404):
-        attempt.registry.demote(candidate.backend, failure.reason)
+        attempt.registry.eject(candidate.backend, failure.reason)
 
 
 async def _json_chat(
@@ -353,6 +354,7 @@ async def _stream_chat(
         # The commit point: from here on the client has seen this backend.
         candidate = stream.candidate
         outcome.served(candidate, 200)
+        attempt.registry.record_success(candidate.backend)
         outcome.ttft_seconds = stream.ttft_seconds
         attempt.registry.record_ttft(candidate.backend, stream.ttft_seconds)
         await downstream.start(
