@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from functools import partial
 from typing import Any
 
@@ -9,6 +10,7 @@ import trio
 
 from nexus_trio.config import settings_from_mapping
 from nexus_trio.gateway import Gateway
+from nexus_trio.registry import Registry
 from nexus_trio.supervisor import serve_nexus
 from nexus_trio.testing import SimulatedBackend
 
@@ -22,13 +24,18 @@ async def serve_pair(
     log_level: str = "warning",
 ) -> Gateway:
     """Serve ``a`` and ``b`` on loopback and Nexus in front of them, ``a`` first (priority
-    routing), health checks out of the way; all of it stops with ``nursery``."""
+    routing), health checks out of the way, and a failure ejecting its backend for a
+    millisecond only (see `wait_in_rotation`); all of it stops with ``nursery``."""
     for sim in (a, b):
         await nursery.start(sim.serve)
     config = {
         "server": {"host": "127.0.0.1", "port": 0},
         "discovery": {"enabled": False, "interfaces": ["127.0.0.1"]},
-        "health_check": {"interval_seconds": 3600},
+        "health_check": {
+            "interval_seconds": 3600,
+            "ejection_base_seconds": 0.001,
+            "ejection_max_seconds": 0.001,
+        },
         "logging": {"level": log_level},
         "routing": {"strategy": "priority", **(routing or {})},
         "backends": [
@@ -41,3 +48,11 @@ async def serve_pair(
         partial(serve_nexus, settings, environ={}, handle_signals=False)
     )
     return gateway
+
+
+async def wait_in_rotation(registry: Registry, *names: str) -> None:
+    """Wait until each backend named is in rotation again: its ejection over, so that a run
+    starts where the one before it did."""
+    with registry.subscribe(buffer=math.inf) as changes:
+        while not all(registry.get(name).routable for name in names):
+            await changes.receive()

@@ -31,7 +31,7 @@ from typing import Any
 
 import httpx
 import trio
-from _pair import serve_pair
+from _pair import serve_pair, wait_in_rotation
 
 from nexus_trio.testing import Flavor, SimModel, SimulatedBackend
 
@@ -132,7 +132,7 @@ async def _run_case(case: Case, routing: dict[str, Any], runs: int) -> list[floa
                 for sim in (a, b):
                     sim.faults.clear()
                     sim.stats.reset()
-                    gateway.registry.revive(gateway.registry.get(sim.name))
+                await wait_in_rotation(gateway.registry, a.name, b.name)
                 with trio.fail_after(10):
                     seconds.append(await case(http, a, b))
         nursery.cancel_scope.cancel()

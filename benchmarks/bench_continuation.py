@@ -23,7 +23,7 @@ from typing import Any
 
 import httpx
 import trio
-from _pair import serve_pair
+from _pair import serve_pair, wait_in_rotation
 
 from nexus_trio.testing import Flavor, SimModel, SimulatedBackend
 from nexus_trio.testing._text import expected_answer
@@ -65,8 +65,8 @@ async def _measure(flavor: Flavor) -> dict[str, Any]:
                 a.faults.clear()
                 exact += text == full
                 seams.append(gap)
-                # "a" was demoted by its failure; it is put back for the next cut.
-                gateway.registry.revive(gateway.registry.get("a"))
+                # "a" was ejected by its failure; the next cut starts once it is back.
+                await wait_in_rotation(gateway.registry, "a")
         nursery.cancel_scope.cancel()
     return {
         "cuts": tokens - 1,

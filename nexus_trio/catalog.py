@@ -30,7 +30,7 @@ def model_entry(model: str, backends: Sequence[Backend], created: int) -> dict[s
         "created": created,
         "owned_by": infos[0].owned_by,
         "backends": [b.name for b in serving],
-        "available": any(b.routable for b in serving),
+        "available": any(b.available for b in serving),
         "context_length": max(contexts) if contexts else None,
         "capabilities": sorted(set().union(*known_caps)) if known_caps else None,
     }

@@ -27,6 +27,7 @@ import unicodedata
 import urllib.parse
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Final, TypedDict
 
 import httpx
@@ -78,12 +79,13 @@ START_HINT: Final = (
 
 
 class BackendStatus(enum.StrEnum):
-    """What the server says of a backend's health (`nexus_trio.registry.Health`, without
-    importing the server to say so)."""
+    """What the server says of a backend (`nexus_trio.registry.Backend.status`: its health,
+    or ejected by the breaker), without importing the server to say so."""
 
     HEALTHY = "healthy"
     UNHEALTHY = "unhealthy"
     UNKNOWN = "unknown"
+    EJECTED = "ejected"
 
 
 class BackendView(TypedDict, total=False):
@@ -93,8 +95,12 @@ class BackendView(TypedDict, total=False):
     url: str
     type: str
     sources: list[str]
-    status: str  # healthy | unhealthy | unknown
+    status: str  # healthy | unhealthy | unknown | ejected
+    health: str  # healthy | unhealthy | unknown: what its probes say, even while ejected
     detail: str | None
+    ejected_until: str | None  # ISO 8601, UTC: when an ejected backend returns
+    ejected_seconds: float | None  # how long that was from the answer's making
+    ejections: int  # in a row, until a run of served requests forgives them
     priority: int
     models: list[str]
     in_flight: int
@@ -563,10 +569,35 @@ def _details(rows: Sequence[tuple[object, object]]) -> str:
     return "\n\n" + "\n".join(lines) if lines else ""
 
 
+def _ejection(backend: Mapping[str, Any]) -> str | None:
+    """Why a backend is out and when it returns, if the breaker ejected it."""
+    if backend.get("status") != BackendStatus.EJECTED:
+        return None
+    when = "ejected"
+    until = backend.get("ejected_until")
+    try:
+        at = datetime.fromisoformat(until) if isinstance(until, str) else None
+    except ValueError:
+        at = None
+    if at is not None and at.tzinfo is not None:
+        when += f" until {at.astimezone(UTC):%H:%M:%S} UTC"
+    left = _number(backend.get("ejected_seconds"))
+    if left is not None:
+        when += f", in {_duration(math.ceil(left))}"
+    count = _int(backend.get("ejections"))
+    if count is not None and count > 1:
+        when += f" ({count} ejections in a row)"
+    if backend.get("health") == BackendStatus.UNHEALTHY:
+        when += "; its probes fail too"
+    detail = backend.get("detail")
+    return f"{when}: {detail}" if isinstance(detail, str) and detail.strip() else when
+
+
 def render_backends(backends: Sequence[Mapping[str, Any]]) -> str:
     """The backends table of ``nexus backends list`` (from ``GET /admin/backends`` items).
 
-    One row per backend, then the status detail of those that have one.
+    One row per backend, then the status detail of those that have one; for an
+    ejected one, when it returns.
     """
     if not backends:
         return "No backends. Add one with `nexus backends add URL`, or let discovery find some."
@@ -589,7 +620,7 @@ def render_backends(backends: Sequence[Mapping[str, Any]]) -> str:
         rows,
         right={3, 4, 5, 6},
     )
-    return table + _details([(b.get("name"), b.get("detail")) for b in backends])
+    return table + _details([(b.get("name"), _ejection(b) or b.get("detail")) for b in backends])
 
 
 def render_backend(backend: Mapping[str, Any], *, verb: str = "Backend") -> str:

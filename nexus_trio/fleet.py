@@ -276,7 +276,7 @@ class Fleet:
         if backend is None or found.source not in backend.sources:
             return
         self.registry.set_sources(backend, backend.sources - {found.source})
-        self.registry.demote(backend, f"said goodbye ({found.source})")
+        self.registry.mark_unhealthy(backend, f"said goodbye ({found.source})")
         log.info("backend %s said goodbye (%s)", backend.name, found.source)
         if not backend.sources and self._nursery is not None:
             self._nursery.start_soon(self._forget_later, backend)

@@ -8,10 +8,18 @@ hanging backend delays nobody but itself.
 
 States go ``unknown → healthy/unhealthy``; after that a backend changes state
 only after ``failure_threshold`` failed or ``recovery_threshold`` good checks
-in a row. Passive detection works beside it like a circuit breaker: a proxied
-request that fails demotes its backend at once (circuit open), and the loop
-then probes it soon, backing off from half a second up to the interval
-(half-open) until it answers again — even with periodic checks turned off.
+in a row.
+
+Passive detection works beside it as a second gate: a proxied request that
+fails ejects its backend (`Registry.eject`) for a time that doubles with each
+ejection in a row. Each watcher also runs `Registry.run_ejections` for its
+backend, which ends the ejection when its time is up. Meanwhile the loop probes
+the backend soon, backing off from half a second up to the interval — even with
+periodic checks turned off — and one failed probe then marks it unhealthy, so a
+server that is really down stays out after its ejection until it answers again.
+Probes that pass never end an ejection early: a server whose health endpoint
+answers while its chat fails would otherwise be back, and fail a request, every
+half second.
 """
 
 from __future__ import annotations
@@ -75,12 +83,12 @@ async def _watch(
     while True:
         if not backend.sources:
             wait = math.inf  # it said goodbye: nothing to check until it is announced again
-        elif backend.health is Health.UNHEALTHY:
+        elif backend.health is Health.UNHEALTHY or backend.ejected_until is not None:
             wait = min(recovery_delay, settings.interval_seconds)
             recovery_delay *= 2
         else:
             recovery_delay = FIRST_RECOVERY_DELAY_SECONDS
-            # Checks off: sleep until a failed request demotes it.
+            # Checks off: sleep until a failed request ejects it.
             wait = (
                 settings.interval_seconds * random.uniform(0.9, 1.1)
                 if settings.enabled
@@ -89,7 +97,7 @@ async def _watch(
         with trio.move_on_after(wait):
             await backend.recovery_wanted.wait()
             backend.recovery_wanted = trio.Event()
-            # Demoted just now: start the half-open schedule from its first step.
+            # Ejected or marked unhealthy just now: start the half-open schedule over.
             recovery_delay = FIRST_RECOVERY_DELAY_SECONDS
             if backend.health is Health.UNKNOWN:  # revived: check it now
                 await probe_backend(registry, client, backend, settings, cache)
@@ -125,7 +133,9 @@ async def run_health(
         with trio.CancelScope() as scope:
             scopes[backend.name] = scope
             try:
-                await _watch(registry, client, backend, settings, cache)
+                async with trio.open_nursery() as watching:
+                    watching.start_soon(registry.run_ejections, backend)
+                    await _watch(registry, client, backend, settings, cache)
             finally:
                 # Unless a backend of the same name has been added since, its state goes.
                 if scopes.get(backend.name, scope) is scope:

@@ -8,6 +8,24 @@ dashboard, metrics and logs can follow without polling.
 Reads are cheap on purpose: routing takes ``registry.backends`` (a tuple that
 is replaced, never mutated in place, when the fleet changes) and reads each
 backend's fields directly.
+
+Two gates keep a backend out of rotation, and it is routable only when both are
+open:
+
+- its **health**, which active probes decide (`Registry.record_probe`, run by
+  `nexus_trio.health`): ``failure_threshold`` failed probes in a row close it,
+  ``recovery_threshold`` good ones open it again;
+- its **ejection**, the passive breaker, which real requests decide: a request
+  that fails ejects the backend (`Registry.eject`) for
+  ``health_check.ejection_base_seconds``, doubled at each ejection in a row up
+  to ``ejection_max_seconds``, whatever its probes say meanwhile; a run of
+  `RESET_AFTER_SERVED` requests served (`Registry.request_succeeded`) starts the
+  doubling over. `Registry.run_ejections` ends each ejection at its time.
+
+Probes alone cannot tell a server whose health endpoint answers while its chat
+fails; the doubling is what keeps such a backend from getting a request every
+time its last ejection ends (the model is Envoy's outlier detection, whose
+ejection time grows with each ejection in a row).
 """
 
 from __future__ import annotations
@@ -24,10 +42,11 @@ from urllib.parse import urlsplit
 
 import trio
 
-from nexus_trio.config import BackendSettings, BackendType, ModelOverride
+from nexus_trio.config import BackendSettings, BackendType, HealthCheckSettings, ModelOverride
 from nexus_trio.errors import BackendError, BackendStatus
 
 __all__ = [
+    "RESET_AFTER_SERVED",
     "SOURCE_PRECEDENCE",
     "Backend",
     "Capability",
@@ -53,6 +72,18 @@ log = logging.getLogger("nexus.registry")
 # Smoothing factor for the time-to-first-token average: a new sample moves it
 # a fifth of the way, so one slow answer does not bury a fast backend.
 EWMA_ALPHA = 0.2
+
+# Requests served in a row after which a backend's past ejections are forgiven: its
+# next ejection lasts the base time again. Long enough that a backend failing one
+# request in two or three (flaky under load, or crashing on some prompts) keeps
+# doubling its way out of rotation; short enough that one that has recovered is
+# trusted again after a handful of answers, even at low traffic. A guess, not a
+# measurement: Envoy instead takes one step off its multiplier per interval spent
+# in rotation, which needs no traffic but trusts an idle backend just as well.
+RESET_AFTER_SERVED = 5
+# Beyond this many ejections in a row the doubling is past any sane cap; the exponent
+# stops here so the arithmetic never overflows.
+_MAX_DOUBLINGS = 64
 
 
 class Health(StrEnum):
@@ -139,9 +170,18 @@ class Backend:
     ttft_ewma_seconds: float | None = None
     consecutive_failures: int = 0
     consecutive_successes: int = 0
-    returns: int = 0  # times it came back into rotation after being taken out
+    # Times a gate that kept it out opened again: its health recovered, or its ejection
+    # ended. A request retries a backend that failed it only once this has grown.
+    returns: int = 0
     last_checked: float | None = None  # time.time() of the last probe
     recovery_wanted: trio.Event = field(default_factory=trio.Event, repr=False)
+    # The passive breaker (`Registry.eject`). While ``ejected_until`` is set (a
+    # trio.current_time()), the backend is out of rotation whatever its probes say.
+    ejected_until: float | None = None
+    ejection_reason: str = ""
+    ejections: int = 0  # in a row, not yet forgiven: the next lasts base * 2**ejections
+    served_in_a_row: int = 0  # real requests served since one last failed
+    ejection_began: trio.Event = field(default_factory=trio.Event, repr=False)
 
     @classmethod
     def from_settings(cls, settings: BackendSettings, environ: Mapping[str, str]) -> Backend:
@@ -170,8 +210,33 @@ class Backend:
 
     @property
     def routable(self) -> bool:
+        """In rotation: `available`, and not ejected by the breaker."""
+        return self.ejected_until is None and self.available
+
+    @property
+    def available(self) -> bool:
+        """Could serve as far as its probes and its sources say, ejected or not (what
+        routing falls back on when the breaker has ejected every backend of a model)."""
         # No source left means every one said goodbye: out until announced again.
         return self.health is not Health.UNHEALTHY and bool(self.sources)
+
+    @property
+    def status(self) -> str:
+        """What operators are shown: ``"ejected"`` while the breaker keeps it out, else
+        its health (``"healthy"``, ``"unhealthy"``, ``"unknown"``)."""
+        return "ejected" if self.ejected_until is not None else self.health.value
+
+    @property
+    def status_detail(self) -> str:
+        """Why it is in its `status`: the failure that ejected it, else the last probe's word."""
+        return self.ejection_reason if self.ejected_until is not None else self.health_detail
+
+    def ejected_seconds_left(self, now: float) -> float | None:
+        """Seconds until its ejection ends, as of ``now`` (a trio.current_time()); None
+        when it is not ejected."""
+        if self.ejected_until is None:
+            return None
+        return max(0.0, self.ejected_until - now)
 
     @property
     def load(self) -> float:
@@ -241,13 +306,16 @@ class Roster:
 
     model: str
     listing: tuple[Backend, ...]  # every backend listing the model, in rotation or not
-    ready: tuple[RosterEntry, ...]  # those in rotation, in fleet order
+    # Those in rotation, in fleet order; when the breaker has ejected every one that is
+    # available, those (the breaker yields rather than leave the model with nobody).
+    ready: tuple[RosterEntry, ...]
     shortest_context: int | None  # the least context length known among ``ready``
     capabilities_known: bool  # some backend in ``ready`` said what the model can do
 
     @classmethod
     def of(cls, backends: Iterable[Backend], model: str) -> Roster:
         listing = tuple(b for b in backends if model in b.models)
+        serving = [b for b in listing if b.routable] or [b for b in listing if b.available]
         ready = tuple(
             (
                 b,
@@ -256,8 +324,7 @@ class Roster:
                 b.max_concurrency or b.slots or 1,
                 math.inf if b.max_concurrency is None else b.max_concurrency,
             )
-            for b in listing
-            if b.routable
+            for b in serving
         )
         contexts = [e[1].context_length for e in ready if e[1].context_length is not None]
         return cls(
@@ -295,19 +362,41 @@ class Slot:
         self.release()
 
 
+_EJECTED = "ejected"
+_ENDED = "ended"
+
+
 @dataclass(frozen=True, slots=True)
 class RegistryEvent:
     """A change subscribers hear about: ``kind`` names it, ``backend`` is whose."""
 
-    kind: Literal["backend_added", "backend_removed", "health", "models", "sources"]
+    kind: Literal["backend_added", "backend_removed", "health", "ejection", "models", "sources"]
     backend: str
+    # "health": the new health's value; "ejection": "ejected" or "ended"
     detail: str = ""
+
+    @property
+    def may_bring_back(self) -> bool:
+        """Whether the change may have put the backend back in rotation: its health turned
+        anything but unhealthy, or its ejection ended."""
+        if self.kind == "health":
+            return self.detail != Health.UNHEALTHY.value
+        return self.kind == "ejection" and self.detail == _ENDED
 
 
 class Registry:
-    """Backends by name, their models, health and load; publishes every change."""
+    """Backends by name, their models, health and load; publishes every change.
 
-    def __init__(self, backends: Iterable[Backend] = ()) -> None:
+    ``health_check`` gives the breaker its times (``ejection_base_seconds``,
+    ``ejection_max_seconds``); the defaults when it is None.
+    """
+
+    def __init__(
+        self, backends: Iterable[Backend] = (), health_check: HealthCheckSettings | None = None
+    ) -> None:
+        breaker = health_check or HealthCheckSettings()
+        self._ejection_base = breaker.ejection_base_seconds
+        self._ejection_max = breaker.ejection_max_seconds
         self._by_name: dict[str, Backend] = {}
         self.backends: tuple[Backend, ...] = ()
         self.started_at = time.monotonic()
@@ -395,8 +484,18 @@ class Registry:
         A healthy backend turns unhealthy after ``failure_threshold`` failed
         probes in a row; an unhealthy one recovers after ``recovery_threshold``
         good probes in a row. A backend never checked turns at the first probe.
+
+        While the backend is ejected, one failed probe is enough: a real request
+        has just failed and the probe agrees, so there is no flapping to smooth
+        over. It then needs its ``recovery_threshold`` good probes as well as the
+        end of its ejection to return, so a server that is really down gets no
+        real request the moment its ejection ends. Good probes never shorten an
+        ejection: a health endpoint that answers says nothing of the chat that
+        failed.
         """
         backend.last_checked = time.time()
+        if backend.ejected_until is not None:
+            failure_threshold = 1
         if ok:
             backend.consecutive_failures = 0
             backend.consecutive_successes += 1
@@ -414,13 +513,85 @@ class Registry:
             ):
                 self._set_health(backend, Health.UNHEALTHY, detail)
 
-    def demote(self, backend: Backend, reason: str) -> None:
-        """A request to this backend just failed: no new requests until it answers a probe."""
+    def mark_unhealthy(self, backend: Backend, reason: str) -> None:
+        """Out of rotation until its probes bring it back (a source said it is gone):
+        ``recovery_threshold`` good probes in a row, which its watcher starts at once.
+
+        Not for failed requests: those `eject` it.
+        """
         if backend.health is not Health.UNHEALTHY:
             log.warning("backend %s is out of rotation: %s", backend.name, reason)
         backend.consecutive_successes = 0
         self._set_health(backend, Health.UNHEALTHY, reason)
         backend.recovery_wanted.set()
+
+    def eject(self, backend: Backend, reason: str) -> None:
+        """A real request to this backend just failed: out of rotation for a while,
+        longer each time.
+
+        The first ejection lasts ``health_check.ejection_base_seconds``; each one after
+        it doubles, up to ``ejection_max_seconds``, until `RESET_AFTER_SERVED` requests
+        served in a row (`request_succeeded`) start the count over. Until its time is up
+        the backend is not routable, whatever its probes say; its health watcher
+        probes it meanwhile (see `record_probe`) and `run_ejections` ends it, which is
+        published as an ``("ejection", name, "ended")`` event and counted in
+        ``returns``.
+
+        A failure while it is already ejected (a request that began before) breaks its
+        run of successes but does not extend the ejection or double the next one:
+        requests that failed together are one failure.
+
+        Example::
+
+            registry.eject(backend, "HTTP 500 from upstream")  # out for 5 s
+            ...                                                # back, fails again
+            registry.eject(backend, "HTTP 500 from upstream")  # out for 10 s
+        """
+        backend.served_in_a_row = 0
+        if backend.ejected_until is not None:
+            return
+        seconds = self.ejection_seconds(backend.ejections)
+        backend.ejections += 1
+        backend.ejected_until = trio.current_time() + seconds
+        backend.ejection_reason = reason
+        log.warning(
+            "backend %s is ejected for %g s (%d in a row): %s",
+            backend.name, seconds, backend.ejections, reason,
+        )  # fmt: skip
+        self._publish(RegistryEvent("ejection", backend.name, _EJECTED))
+        backend.ejection_began.set()
+        backend.recovery_wanted.set()  # its watcher probes it on the half-open schedule
+
+    def ejection_seconds(self, ejections: int) -> float:
+        """How long an ejection lasts after ``ejections`` in a row not yet forgiven."""
+        doubled = self._ejection_base * 2.0 ** min(ejections, _MAX_DOUBLINGS)
+        return min(doubled, self._ejection_max)
+
+    async def run_ejections(self, backend: Backend) -> None:
+        """End each ejection of ``backend`` when its time is up, until cancelled.
+
+        The backend's health watcher (`nexus_trio.health`) runs this beside its probe
+        loop, so it lives exactly as long as the backend is watched.
+        """
+        while True:
+            until = backend.ejected_until
+            if until is None:
+                await backend.ejection_began.wait()
+                backend.ejection_began = trio.Event()
+                continue
+            await trio.sleep_until(until)
+            if backend.ejected_until is not None and backend.ejected_until <= trio.current_time():
+                self._end_ejection(backend)
+
+    def _end_ejection(self, backend: Backend) -> None:
+        backend.ejected_until = None
+        backend.ejection_reason = ""
+        backend.returns += 1
+        if backend.routable:
+            log.info("backend %s is back in rotation after its ejection", backend.name)
+        else:
+            log.info("backend %s: its ejection is over, yet it stays out", backend.name)
+        self._publish(RegistryEvent("ejection", backend.name, _ENDED))
 
     def set_sources(self, backend: Backend, sources: set[Source]) -> None:
         """Which sources know the backend now (a new one found it, or one said goodbye)."""
@@ -445,14 +616,25 @@ class Registry:
 
     def request_failed(self, backend: Backend, model: str, failure: BackendError) -> None:
         """A request to ``backend`` failed: a 404 means it no longer has the model (the route
-        exists on every type Nexus speaks to); anything else takes it out of rotation."""
+        exists on every type Nexus speaks to); anything else ejects it (`eject`)."""
         if isinstance(failure, BackendStatus) and failure.upstream_status == 404:
             self.forget_model(backend, model)
         else:
-            self.demote(backend, failure.reason)
+            self.eject(backend, failure.reason)
 
     def request_succeeded(self, backend: Backend) -> None:
-        """A request to ``backend`` got its answer to the end."""
+        """A real request to this backend got its answer to the end. `RESET_AFTER_SERVED`
+        in a row forgive its past ejections: the next one lasts the base time again.
+
+        Cheap and silent (no event): it runs for every request served.
+        """
+        backend.served_in_a_row += 1
+        if backend.ejections and backend.served_in_a_row >= RESET_AFTER_SERVED:
+            log.info(
+                "backend %s served %d requests in a row: its %d ejections are forgiven",
+                backend.name, backend.served_in_a_row, backend.ejections,
+            )  # fmt: skip
+            backend.ejections = 0
 
     def record_ttft(self, backend: Backend, seconds: float) -> None:
         if not math.isfinite(seconds) or seconds < 0:

@@ -169,7 +169,7 @@ async def serve_nexus(
         if fleet_sims:
             await root.start(serve_fleet, fleet_sims)
             backends += demo_backends(fleet_sims)
-        registry = Registry(backends)
+        registry = Registry(backends, settings.health_check)
         found, inbox = trio.open_memory_channel[Found](256)
         fleet = await root.start(
             Fleet(registry, client, settings, StateFile(default_state_path(settings))).run, inbox

@@ -101,3 +101,13 @@ async def wait_for_health(
         if event.kind == "health" and event.backend == backend and event.detail == health.value:
             return
     raise AssertionError("the registry stopped publishing")
+
+
+async def wait_for_ejection_end(
+    events: trio.MemoryReceiveChannel[RegistryEvent], backend: str
+) -> None:
+    """Wait for the registry to report the end of ``backend``'s ejection."""
+    async for event in events:
+        if (event.kind, event.backend, event.detail) == ("ejection", backend, "ended"):
+            return
+    raise AssertionError("the registry stopped publishing")

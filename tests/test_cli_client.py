@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import unicodedata
@@ -121,6 +122,33 @@ def test_backends_table() -> None:
     ]  # fmt: skip
 
 
+def test_an_ejected_backend_says_when_it_returns() -> None:
+    ejected = {
+        **BACKEND,
+        "status": "ejected",
+        "health": "healthy",
+        "detail": "HTTP 500 from upstream",
+        "ejected_until": "2024-05-01T10:04:10+00:00",
+        "ejected_seconds": 249.6,
+        "ejections": 3,
+    }
+    first = {
+        **ejected,
+        "name": "cpu",
+        "ejections": 1,
+        "ejected_seconds": 4.2,
+        "health": "unhealthy",
+    }
+    lines = render_backends([ejected, first]).splitlines()
+    assert [line.split()[2] for line in lines[1:3]] == ["ejected", "ejected"]
+    assert lines[3:] == [
+        "",
+        "  gpu-box: ejected until 10:04:10 UTC, in 4m 10s (3 ejections in a row): "
+        "HTTP 500 from upstream",
+        "  cpu: ejected until 10:04:10 UTC, in 5s; its probes fail too: HTTP 500 from upstream",
+    ]
+
+
 def test_one_backend() -> None:
     assert render_backend(BACKEND, verb="Added backend").splitlines() == [
         "Added backend gpu-box (ollama) at http://10.0.0.7:11434",
@@ -206,6 +234,14 @@ def test_backends_render_whatever_the_server_sends(backends: list[dict[str, Any]
     assert control_free(render_backends(backends))
 
 
+EJECTION = ["name", "health", "detail", "ejected_until", "ejected_seconds", "ejections"]
+
+
+@given(st.lists(shaped(EJECTION).map(lambda b: {**b, "status": "ejected"}), max_size=4))
+def test_ejected_backends_render_whatever_the_server_sends(backends: list[dict[str, Any]]) -> None:
+    assert control_free(render_backends(backends))
+
+
 @given(st.lists(shaped(["id", "backends", "available", "context_length", "capabilities"])))
 def test_models_render_whatever_the_server_sends(models: list[dict[str, Any]]) -> None:
     assert control_free(render_models(models))
@@ -250,8 +286,8 @@ def test_the_settings_token_goes_only_to_the_settings_server() -> None:
     assert ENV_VARS[TOKEN_ENV_VAR] == "server.admin_token"  # one variable for both sides
 
 
-def test_the_status_filter_knows_every_health() -> None:
-    assert {s.value for s in BackendStatus} == {h.value for h in Health}
+def test_the_status_filter_knows_every_status() -> None:
+    assert {s.value for s in BackendStatus} == {h.value for h in Health} | {"ejected"}
 
 
 def test_broken_settings_mean_the_usual_address() -> None:
@@ -483,6 +519,38 @@ async def test_backends_list_by_status(fleet: Running, tmp_path: Path) -> None:
     assert [b["name"] for b in json.loads(ok(unhealthy))["backends"]] == ["down"]
     assert sorted(line.split()[0] for line in ok(healthy).splitlines()[1:]) == ["alpha", "beta"]
     assert ok(unknown) == "No unknown backends.\n"
+
+
+async def test_backends_list_shows_an_ejected_backend_and_its_return(
+    start_nexus: Any, tmp_path: Path
+) -> None:
+    failing, fine = sim("failing"), sim("fine")
+    running: Running = await start_nexus(
+        [failing, fine],
+        routing={"strategy": "priority"},
+        backend_options={"fine": {"priority": 2}},
+        health_check={"ejection_base_seconds": 300},  # still out when the CLI asks
+    )
+    failing.faults.status = 500  # its chat fails while its probes pass
+    answer = await running.http.post("/v1/chat/completions", json={
+        "model": "llama3:8b", "messages": [{"role": "user", "content": "Hi"}],
+    })  # fmt: skip
+    assert answer.headers["x-nexus-backend"] == "fine"
+    url = ["--url", running.url]
+    table, ejected = await nexus_cli_all(
+        [["backends", "list", *url], ["backends", "list", "--json", "--status", "ejected", *url]],
+        tmp_path,
+    )
+    lines = ok(table).splitlines()
+    rows = {line.split()[0]: line.split() for line in lines[1:3]}
+    assert rows["failing"][2] == "ejected"
+    assert rows["fine"][2] == "healthy"
+    assert re.fullmatch(
+        r"  failing: ejected until \d\d:\d\d:\d\d UTC, in \dm \d+s: answered HTTP 500: .*", lines[4]
+    ), lines[4]
+    (shown,) = json.loads(ok(ejected))["backends"]
+    assert (shown["name"], shown["health"], shown["ejections"]) == ("failing", "healthy", 1)
+    assert 0 < shown["ejected_seconds"] <= 300
 
 
 async def test_models_and_by_backend(fleet: Running, tmp_path: Path) -> None:

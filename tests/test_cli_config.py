@@ -179,7 +179,7 @@ def test_bash_script_registers_the_completion(bash: str) -> None:
         ("nexus back", 1, {"backends"}),
         ("nexus backends ", 2, {"list", "add", "remove"}),
         ("nexus backends list --st", 3, {"--status"}),
-        ("nexus backends list --status ", 4, {"healthy", "unhealthy", "unknown"}),
+        ("nexus backends list --status ", 4, {"healthy", "unhealthy", "unknown", "ejected"}),
         ("nexus config init --m", 3, {"--minimal"}),
         ("nexus completions ", 2, {"bash", "zsh", "fish"}),
         ("nexus serve --log-level ", 3, {"trace", "debug", "info", "warning", "error"}),

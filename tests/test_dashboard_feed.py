@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import trio
+import trio.testing
 from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_client_stream
 
 from nexus_trio.observe.feed import BUFFER, Feed
@@ -87,7 +88,7 @@ async def test_snapshot_first_then_backend_status_and_request_complete(start_nex
             await nexus.http.post(CHAT, json={**HELLO, "stream": True})
             down = await next_of(ws, "BackendStatus", name="a")
             done = await next_of(ws, "RequestComplete")
-        assert (down["status"], down["routable"]) == ("unhealthy", False)
+        assert (down["status"], down["routable"]) == ("ejected", False)
         assert done["stream"] is True
         assert done["backend"] == "b"
         assert done["failovers"] == [{"from": "a", "to": "b", "phase": "before_first_byte"}]
@@ -97,7 +98,7 @@ async def test_a_backend_going_down_is_heard_within_a_second(start_nexus: Any) -
     nexus = await start_nexus([sim("a"), sim("b")])
     async with open_dashboard(nexus) as ws:
         await next_of(ws, "Snapshot")
-        nexus.gateway.registry.demote(nexus.gateway.registry.get("a"), "probe failed")
+        nexus.gateway.registry.mark_unhealthy(nexus.gateway.registry.get("a"), "probe failed")
         with trio.fail_after(1):
             status = await next_of(ws, "BackendStatus", name="a")
         assert (status["status"], status["routable"]) == ("unhealthy", False)
@@ -105,6 +106,35 @@ async def test_a_backend_going_down_is_heard_within_a_second(start_nexus: Any) -
         with trio.fail_after(1):
             change = await next_of(ws, "ModelChange")
         assert change["models"][0]["backends"] == ["a", "b"]
+
+
+async def test_an_ejected_backend_shows_when_it_returns_and_then_returns(
+    autojump_clock: trio.testing.MockClock, start_nexus: Any
+) -> None:
+    a, b = sim("a"), sim("b")
+    nexus = await start_nexus(
+        [a, b], routing={"strategy": "priority"}, backend_options={"b": {"priority": 2}}
+    )
+    a.faults.status = 500  # its chat fails while its probes pass
+    async with open_dashboard(nexus) as ws:
+        await next_of(ws, "Snapshot")
+        assert (await nexus.http.post(CHAT, json=HELLO)).headers["x-nexus-backend"] == "b"
+        ejected_at = trio.current_time()
+        out = await next_of(ws, "BackendStatus", name="a", status="ejected")
+        assert (out["routable"], out["health"], out["ejections"]) == (False, "healthy", 1)
+        assert 4 < out["ejected_seconds"] <= 5  # the page counts down from here
+        assert "500" in out["detail"]
+        change = await next_of(ws, "ModelChange")
+        assert change["models"][0]["backends"] == ["a", "b"]
+
+        async with open_dashboard(nexus) as late:  # a page opened now sees it too
+            snapshot = await next_of(late, "Snapshot")
+        shown = {v["name"]: v["status"] for v in snapshot["backends"]}
+        assert shown == {"a": "ejected", "b": "healthy"}
+
+        back = await next_of(ws, "BackendStatus", name="a", status="healthy")
+        assert trio.current_time() - ejected_at == pytest.approx(5, abs=0.5)
+        assert (back["routable"], back["ejected_seconds"]) == (True, None)
 
 
 async def test_a_big_fleet_arrives_whole(start_nexus: Any) -> None:

@@ -9,12 +9,12 @@ import pytest
 import trio
 import trio.testing
 
-from nexus_trio.registry import Health
 from nexus_trio.testing._text import expected_answer
 
-from helpers import sim, wait_for_health
+from helpers import sim, wait_for_ejection_end
 
 MESSAGES: list[Any] = [{"role": "user", "content": "Tell me a story."}]
+CHAT = "/v1/chat/completions"
 FAST_TIMEOUTS = {"first_token_seconds": 0.5, "request_seconds": 30, "stream_idle_seconds": 0.5}
 
 
@@ -87,7 +87,7 @@ async def start_a_then_b(start_nexus: Any, **sections: Any) -> tuple[Any, Any, A
 
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
 @pytest.mark.parametrize("breaker", BREAKS, ids=lambda f: f.__name__.removeprefix("break_"))
-async def test_failed_backend_is_invisible_and_demoted(
+async def test_failed_backend_is_invisible_and_ejected(
     start_nexus: Any, stream: bool, breaker: Any
 ) -> None:
     nexus, a, _ = await start_a_then_b(start_nexus)
@@ -97,13 +97,13 @@ async def test_failed_backend_is_invisible_and_demoted(
     text, served_by = await ask(client, stream)
     assert (text, served_by) == (expected_answer("llama3:8b", MESSAGES), "b")
 
-    # "a" is demoted at once: the next request does not try it again.
+    # "a" is ejected at once: the next request does not try it again.
     tried_before = a.stats.chat_requests
     text, served_by = await ask(client, stream)
     assert served_by == "b"
     assert a.stats.chat_requests == tried_before
     health = await nexus.health()
-    assert health["backends"]["a"]["status"] == "unhealthy"
+    assert health["backends"]["a"]["status"] == "ejected"
     assert health["status"] == "degraded"
     assert await nexus.in_flight() == {"a": 0, "b": 0}
 
@@ -122,17 +122,18 @@ async def test_stream_that_fails_before_its_first_token_fails_over(
     assert (text, served_by) == (expected_answer("llama3:8b", MESSAGES), "b")
 
 
-async def test_demoted_backend_returns_once_it_answers_again(start_nexus: Any) -> None:
-    nexus, a, _ = await start_a_then_b(start_nexus, health_check={"recovery_threshold": 1})
+async def test_an_ejected_backend_returns_when_its_ejection_ends(
+    autojump_clock: trio.testing.MockClock, start_nexus: Any
+) -> None:
+    nexus, a, _ = await start_a_then_b(start_nexus)
     events = nexus.gateway.registry.subscribe()
+    body = {"model": "llama3:8b", "messages": MESSAGES}
     a.faults.status = 500
-    await ask(nexus.openai(), stream=False)
-    assert (await nexus.health())["backends"]["a"]["status"] == "unhealthy"
+    assert (await nexus.http.post(CHAT, json=body)).headers["x-nexus-backend"] == "b"
+    assert (await nexus.health())["backends"]["a"]["status"] == "ejected"
     a.faults.clear()
-    with trio.fail_after(10):
-        await wait_for_health(events, "a", Health.HEALTHY)
-    _, served_by = await ask(nexus.openai(), stream=False)
-    assert served_by == "a"
+    await wait_for_ejection_end(events, "a")  # its probes passed meanwhile: only time tells
+    assert (await nexus.http.post(CHAT, json=body)).headers["x-nexus-backend"] == "a"
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
@@ -141,7 +142,7 @@ async def test_a_backend_back_in_rotation_mid_request_is_tried(
 ) -> None:
     nexus, a, _ = await start_a_then_b(start_nexus, health_check={"enabled": False})
     registry = nexus.gateway.registry
-    registry.demote(registry.get("b"), "down when the request arrives")
+    registry.mark_unhealthy(registry.get("b"), "down when the request arrives")
     a.faults.delay_before_headers_seconds = 0.2
     a.faults.status = 500
     result: list[tuple[str, str]] = []

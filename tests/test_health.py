@@ -1,4 +1,4 @@
-"""Health checks on trio's autojump clock: thresholds, passive demotion, half-open recovery.
+"""Health checks on trio's autojump clock: thresholds, passive ejection, half-open probes.
 
 The backends here are answered by an `httpx.MockTransport` (the adapter seam):
 the clock is virtual, so a probe that hangs must not be a real socket.
@@ -46,7 +46,9 @@ class Fleet:
 async def start(
     nursery: trio.Nursery, fleet: Fleet, *names: str, settings: HealthCheckSettings = SETTINGS
 ) -> Registry:
-    registry = Registry(Backend(n, f"http://{n}.test", BackendType.GENERIC) for n in names)
+    registry = Registry(
+        (Backend(n, f"http://{n}.test", BackendType.GENERIC) for n in names), settings
+    )
     client = httpx.AsyncClient(transport=httpx.MockTransport(fleet.handle))
     await nursery.start(run_health, registry, client, settings)
     return registry
@@ -71,26 +73,28 @@ async def test_first_round_decides_then_thresholds_hold(
     assert registry.get("up").health is Health.UNHEALTHY  # the third failure in a row
 
 
-async def test_failed_request_demotes_at_once_then_half_open_probes_bring_it_back(
+async def test_failed_request_ejects_at_once_then_half_open_probes_bring_it_back(
     autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
 ) -> None:
     fleet = Fleet()
     registry = await start(nursery, fleet, "a")
     backend = registry.get("a")
     fleet.mode["a"] = "fail"
-    demoted_at = trio.current_time()
-    registry.demote(backend, "HTTP 500 on a request")  # what the proxy does
+    ejected_at = trio.current_time()
+    registry.eject(backend, "HTTP 500 on a request")  # what the proxy does
     assert not backend.routable  # one failed request is enough: no waiting for probes
 
     await trio.sleep(4)
-    gaps = [t - demoted_at for t in fleet.probes["a"][1:]]
+    gaps = [t - ejected_at for t in fleet.probes["a"][1:]]
     # Half-open probes back off from half a second: 0.5, then 1, then 2 s later.
     assert gaps[:3] == pytest.approx([0.5, 1.5, 3.5])
+    assert backend.health is Health.UNHEALTHY  # the first failed probe, during the ejection
     assert not backend.routable
 
     fleet.mode["a"] = "ok"
     await trio.sleep(SETTINGS.interval_seconds * 2)
     assert backend.health is Health.HEALTHY  # after recovery_threshold good probes
+    assert backend.routable  # and its ejection is long over
 
 
 async def test_a_hanging_probe_delays_nobody_else(
@@ -107,7 +111,7 @@ async def test_a_hanging_probe_delays_nobody_else(
     assert registry.get("hangs").health_detail.startswith("no answer within 5")
 
 
-async def test_checks_off_still_recovers_a_demoted_backend(
+async def test_checks_off_still_recovers_an_ejected_backend(
     autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
 ) -> None:
     fleet = Fleet()
@@ -115,9 +119,12 @@ async def test_checks_off_still_recovers_a_demoted_backend(
     registry = await start(nursery, fleet, "a", settings=off)
     await trio.sleep(100)
     assert len(fleet.probes["a"]) == 1  # the first round only: no periodic checks
-    registry.demote(registry.get("a"), "HTTP 502 on a request")
+    registry.eject(registry.get("a"), "HTTP 502 on a request")
     await trio.sleep(1)
-    assert registry.get("a").health is Health.HEALTHY
+    assert len(fleet.probes["a"]) == 2  # probed during the ejection all the same
+    assert not registry.get("a").routable
+    await trio.sleep(off.ejection_base_seconds)
+    assert registry.get("a").routable
 
 
 async def test_backends_added_later_are_watched_and_removed_ones_are_not(

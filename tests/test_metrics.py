@@ -10,7 +10,7 @@ from typing import Any
 import openai
 from prometheus_client.parser import text_string_to_metric_families
 
-from helpers import sim
+from helpers import sim, wait_for_ejection_end
 
 CHAT = "/v1/chat/completions"
 HELLO: dict[str, Any] = {"model": "llama3:8b", "messages": [{"role": "user", "content": "Hi"}]}
@@ -36,10 +36,14 @@ def label_sets(all_samples: dict[Any, float], name: str) -> list[dict[str, str]]
 async def test_counters_after_a_scripted_mix(start_nexus: Any) -> None:
     a, b = sim("a"), sim("b", tokens_per_second=200)
     nexus = await start_nexus(
-        [a, b], routing={"strategy": "priority"}, backend_options={"b": {"priority": 2}}
+        [a, b],
+        routing={"strategy": "priority"},
+        backend_options={"b": {"priority": 2}},
+        health_check={"ejection_base_seconds": 0.05},  # a failed request keeps "a" out briefly
     )
     sdk = openai.AsyncOpenAI(base_url=nexus.gateway.url + "/v1", api_key="x", max_retries=0)
     registry = nexus.gateway.registry
+    events = registry.subscribe()
 
     # 1. non-stream, served by a
     plain = await sdk.chat.completions.create(**HELLO)
@@ -56,7 +60,7 @@ async def test_counters_after_a_scripted_mix(start_nexus: Any) -> None:
     a.faults.status = 500
     await sdk.chat.completions.create(**HELLO)
     a.faults.clear()
-    registry.revive(registry.get("a"))  # back in rotation, so a serves first again
+    await wait_for_ejection_end(events, "a")  # back in rotation, so a serves first again
     # 4. failover mid-stream: a dies after 3 chunks, b continues (no usage asked)
     a.faults.die_after_chunks = 3
     text = ""
@@ -64,12 +68,12 @@ async def test_counters_after_a_scripted_mix(start_nexus: Any) -> None:
         if chunk.choices and chunk.choices[0].delta.content:
             text += chunk.choices[0].delta.content
     a.faults.clear()
-    registry.revive(registry.get("a"))
+    await wait_for_ejection_end(events, "a")
     # 5. an unknown model
     response = await nexus.http.post(CHAT, json={**HELLO, "model": "no-such-model"})
     assert response.status_code == 404
     # 6. a client that leaves mid-stream (b is slow enough to leave in the middle)
-    registry.demote(registry.get("a"), "kept out for the last request")
+    registry.mark_unhealthy(registry.get("a"), "kept out for the last request")
     async with nexus.http.stream("POST", CHAT, json={**HELLO, "stream": True}) as stream:
         async for line in stream.aiter_lines():
             if '"content":"' in line.replace(" ", "") and '"content":""' not in line:

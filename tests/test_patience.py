@@ -9,15 +9,16 @@ import trio
 from helpers import sim
 
 HELLO: dict[str, Any] = {"model": "llama3:8b", "messages": [{"role": "user", "content": "Hi"}]}
+SHORT_EJECTIONS = {"ejection_base_seconds": 0.5}
 
 
 async def test_a_request_waits_for_a_backend_coming_back(start_nexus: Any) -> None:
     a = sim("a")
     nexus = await start_nexus(
-        [a], routing={"wait_for_backend_seconds": 5}, health_check={"recovery_threshold": 1}
+        [a], routing={"wait_for_backend_seconds": 5}, health_check=SHORT_EJECTIONS
     )
     registry = nexus.gateway.registry
-    registry.demote(registry.get("a"), "a request just failed")  # its half-open probe: in 0.5 s
+    registry.eject(registry.get("a"), "a request just failed")  # back in 0.5 s
     with trio.fail_after(4):
         response = await nexus.http.post("/v1/chat/completions", json=HELLO)
     assert response.status_code == 200
@@ -29,7 +30,7 @@ async def test_a_backend_that_stays_down_gets_the_503_after_the_wait(start_nexus
     nexus = await start_nexus([a], routing={"wait_for_backend_seconds": 0.3})
     await a.refuse_connections()
     registry = nexus.gateway.registry
-    registry.demote(registry.get("a"), "refused")
+    registry.eject(registry.get("a"), "refused")  # for 5 s
     with trio.fail_after(3):
         response = await nexus.http.post("/v1/chat/completions", json=HELLO)
     assert response.status_code == 503
@@ -66,10 +67,10 @@ async def test_when_the_last_candidate_fails_one_coming_back_serves(start_nexus:
         [a, b],
         routing={"wait_for_backend_seconds": 5, "strategy": "priority"},
         backend_options={"a": {"priority": 1}, "b": {"priority": 2}},
-        health_check={"recovery_threshold": 1},
+        health_check=SHORT_EJECTIONS,
     )
     registry = nexus.gateway.registry
-    registry.demote(registry.get("b"), "failed a moment ago")  # back after its probe, in 0.5 s
+    registry.eject(registry.get("b"), "failed a moment ago")  # back in 0.5 s
     a.faults.status = 500  # the only candidate in rotation fails at once
     with trio.fail_after(4):
         response = await nexus.http.post("/v1/chat/completions", json=HELLO)
@@ -85,7 +86,7 @@ async def test_a_backend_that_failed_is_tried_again_once_it_is_back(
         [a, b],
         routing={"wait_for_backend_seconds": 5, "strategy": "priority", "max_attempts": 3},
         backend_options={"a": {"priority": 1}, "b": {"priority": 2}},
-        health_check={"recovery_threshold": 1},
+        health_check=SHORT_EJECTIONS,
     )
     a.faults.status = b.faults.status = 500
     registry = nexus.gateway.registry
@@ -95,8 +96,8 @@ async def test_a_backend_that_failed_is_tried_again_once_it_is_back(
     async def mend_a_once_it_is_out() -> None:
         with changes:
             async for event in changes:
-                if event.backend == "a" and event.kind == "health" and event.detail == "unhealthy":
-                    a.faults.clear()  # its probe will find it well, and bring it back
+                if (event.kind, event.backend, event.detail) == ("ejection", "a", "ejected"):
+                    a.faults.clear()  # it is well when its ejection ends
                     return
 
     nursery.start_soon(mend_a_once_it_is_out)

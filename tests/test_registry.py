@@ -1,6 +1,6 @@
 """The registry: the fleet's one owner. Changes reach subscribers, health follows probes by
-the configured thresholds, a failed request takes a backend out at once, and a slow
-subscriber never holds the registry up."""
+the configured thresholds, a failed request takes a backend out at once (the breaker's
+timing is in test_breaker.py), and a slow subscriber never holds the registry up."""
 
 from __future__ import annotations
 
@@ -121,7 +121,7 @@ async def test_a_waiting_subscriber_wakes_on_a_change(nursery: trio.Nursery) -> 
 # -- health ------------------------------------------------------------------------------------
 
 
-Step = Literal["ok", "fail", "demote"]
+Step = Literal["ok", "fail", "mark_unhealthy"]
 
 
 @dataclass
@@ -131,7 +131,7 @@ class ReferenceHealth:
     failure_threshold: int
     recovery_threshold: int
     health: Health = Health.UNKNOWN
-    history: str = ""  # one letter per step: o(k), f(ail), d(emote)
+    history: str = ""  # one letter per step: o(k), f(ail), m(ark unhealthy)
 
     def run_of(self, letter: str) -> int:
         """How many of the latest steps in a row were ``letter``."""
@@ -139,7 +139,7 @@ class ReferenceHealth:
 
     def step(self, step: Step) -> None:
         self.history += step[0]
-        if step == "demote":
+        if step == "mark_unhealthy":
             self.health = Health.UNHEALTHY
         elif self.health is Health.UNKNOWN:  # the first probe decides
             self.health = Health.HEALTHY if step == "ok" else Health.UNHEALTHY
@@ -151,7 +151,7 @@ class ReferenceHealth:
 
 @settings(max_examples=150, deadline=None)
 @given(
-    steps=st.lists(st.sampled_from(["ok", "fail", "demote"]), max_size=30),
+    steps=st.lists(st.sampled_from(["ok", "fail", "mark_unhealthy"]), max_size=30),
     failure_threshold=st.integers(1, 4),
     recovery_threshold=st.integers(1, 4),
 )
@@ -165,8 +165,8 @@ def test_health_follows_probes_by_the_thresholds(
     for i, step in enumerate(steps):
         before = reference.health
         detail = f"step {i}"
-        if step == "demote":
-            registry.demote(b, detail)
+        if step == "mark_unhealthy":
+            registry.mark_unhealthy(b, detail)
         else:
             registry.record_probe(
                 b,
@@ -184,11 +184,11 @@ def test_health_follows_probes_by_the_thresholds(
         else:
             assert changed == [("health", "a", reference.health.value)]
             assert b.health_detail == detail  # what /health shows: why it changed
-    assert b.recovery_wanted.is_set() is ("demote" in steps)
-    assert (b.last_checked is not None) is any(s != "demote" for s in steps)
+    assert b.recovery_wanted.is_set() is ("mark_unhealthy" in steps)
+    assert (b.last_checked is not None) is any(s != "mark_unhealthy" for s in steps)
 
 
-def test_demote_makes_a_backend_unroutable_at_once() -> None:
+async def test_eject_makes_a_backend_unroutable_at_once() -> None:
     flaky, steady = backend("flaky"), backend("steady", max_concurrency=1)
     registry = Registry([flaky, steady])
     for b in registry:
@@ -200,9 +200,9 @@ def test_demote_makes_a_backend_unroutable_at_once() -> None:
         "steady",
     ]
 
-    registry.demote(flaky, "connection reset mid-stream")
-    assert flaky.health is Health.UNHEALTHY
-    assert flaky.health_detail == "connection reset mid-stream"
+    registry.eject(flaky, "connection reset mid-stream")
+    assert flaky.health is Health.HEALTHY  # the probes' verdict is their own
+    assert (flaky.status, flaky.status_detail) == ("ejected", "connection reset mid-stream")
     assert flaky.recovery_wanted.is_set()  # the health task probes it now, not in 10 s
     decision = plan_route(needs, registry.backends, routing)
     assert [c.backend.name for c in decision.candidates] == ["steady"]
@@ -212,14 +212,14 @@ def test_demote_makes_a_backend_unroutable_at_once() -> None:
         plan_route(needs, registry.backends, routing)
 
 
-def test_a_demoted_backend_needs_the_full_run_of_good_probes() -> None:
+def test_a_backend_marked_unhealthy_needs_the_full_run_of_good_probes() -> None:
     b = backend("a")
     registry = Registry([b])
     registry.record_probe(b, True, recovery_threshold=2)
     registry.record_probe(b, True, recovery_threshold=2)
-    registry.demote(b, "502 from upstream")
+    registry.mark_unhealthy(b, "said goodbye (mdns)")
     registry.record_probe(b, True, recovery_threshold=2)
-    assert not b.routable  # the good probes before the demotion do not count
+    assert not b.routable  # the good probes before it was marked do not count
     registry.record_probe(b, True, recovery_threshold=2)
     assert b.health is Health.HEALTHY
 
@@ -320,8 +320,9 @@ ROSTER_MODELS = ("llama3:8b", "mistral:7b")
 roster_steps = st.lists(
     st.tuples(
         st.sampled_from(
-            ["probe_ok", "probe_fail", "demote", "revive", "models", "forget", "checkup",
-             "sources", "add", "remove", "start", "finish", "ttft"]
+            ["probe_ok", "probe_fail", "mark_unhealthy", "eject", "served", "wait", "revive",
+             "models", "forget", "checkup", "sources", "add", "remove", "start", "finish",
+             "ttft"]
         ),
         st.integers(0, 3),  # which backend
         st.integers(0, 3),  # a number the step uses
@@ -336,21 +337,35 @@ def test_routing_on_kept_rosters_is_routing_on_the_fleet_as_it_is(
     steps: list[tuple[str, int, int]], strategy: str
 ) -> None:
     """Every change that matters to routing reaches the registry's rosters: after any run
-    of changes, a decision on them is the decision on the fleet read afresh."""
+    of changes, a decision on them is the decision on the fleet read afresh. Ejections end
+    by themselves (`Registry.run_ejections`), on a virtual clock that "wait" moves on."""
     routing = settings_from_mapping({"routing": {"strategy": strategy}}).routing
-    registry = Registry(
-        [backend(f"b{i}", *ROSTER_MODELS, priority=i % 2, max_concurrency=2) for i in range(3)]
-    )
-    for added, (kind, which, number) in enumerate(steps):
-        if kind == "add":
-            registry.add(backend(f"n{added}", *ROSTER_MODELS[: 1 + number % 2]))
-        elif registry.backends:
-            change(registry, kind, registry.backends[which % len(registry.backends)], number)
-        for model in ROSTER_MODELS:
-            needs = Requirements(model, context_tokens=1500)
-            for turn in range(3):
-                kept = outcome(needs, registry, routing, turn, rosters=registry.roster)
-                assert kept == outcome(needs, registry, routing, turn), (kind, model, turn)
+
+    async def run() -> None:
+        registry = Registry(
+            [backend(f"b{i}", *ROSTER_MODELS, priority=i % 2, max_concurrency=2) for i in range(3)]
+        )
+        async with trio.open_nursery() as nursery:
+            for b in registry:
+                nursery.start_soon(registry.run_ejections, b)
+            for added, (kind, which, number) in enumerate(steps):
+                if kind == "add":
+                    registry.add(new := backend(f"n{added}", *ROSTER_MODELS[: 1 + number % 2]))
+                    nursery.start_soon(registry.run_ejections, new)
+                elif kind == "wait":
+                    await trio.sleep(number * 2.5)  # ejections last 5 s, then 10 s, ...
+                elif registry.backends:
+                    change(
+                        registry, kind, registry.backends[which % len(registry.backends)], number
+                    )
+                for model in ROSTER_MODELS:
+                    needs = Requirements(model, context_tokens=1500)
+                    for turn in range(3):
+                        kept = outcome(needs, registry, routing, turn, rosters=registry.roster)
+                        assert kept == outcome(needs, registry, routing, turn), (kind, model, turn)
+            nursery.cancel_scope.cancel()
+
+    trio.run(run, clock=trio.testing.MockClock(autojump_threshold=0))
 
 
 def change(registry: Registry, kind: str, b: Backend, number: int) -> None:
@@ -361,8 +376,12 @@ def change(registry: Registry, kind: str, b: Backend, number: int) -> None:
         registry.record_probe(b, True)
     elif kind == "probe_fail":
         registry.record_probe(b, False, "refused")
-    elif kind == "demote":
-        registry.demote(b, "reset")
+    elif kind == "mark_unhealthy":
+        registry.mark_unhealthy(b, "said goodbye")
+    elif kind == "eject":
+        registry.eject(b, "reset")
+    elif kind == "served":
+        registry.request_succeeded(b)
     elif kind == "revive":
         registry.revive(b)
     elif kind == "models":

@@ -430,6 +430,10 @@ def test_all_unhealthy_is_503_with_retry_after() -> None:
     assert caught.value.status == 503
     assert ("retry-after", "5") in caught.value.headers()
     assert "connection refused" in caught.value.message
+    ejected = backend("a", health=Health.HEALTHY, ejected_until=12.0, ejection_reason="HTTP 500")
+    with pytest.raises(NoHealthyBackend) as caught:
+        plan_route(Requirements("llama3:8b"), [ejected], RoutingSettings())
+    assert "a: ejected after a failed request (HTTP 500)" in caught.value.message
 
 
 def test_all_saturated_is_503_with_a_short_retry_after() -> None:

@@ -54,11 +54,12 @@ Invariants, after every step:
   running after ``EXAMPLE_DEADLINE`` fails with that tree, each task with where it waits.
 
 Time is real, not an autojump clock (the sockets are real): deadlines are short (first
-token 0.5 s, between events 0.3 s, a whole JSON answer 0.5 s, probes every 0.2 s) and the
-simulators answer at once or at 100 tokens/s, so the 3 explicit and 25 generated examples
-of 5–14 steps (about 200 requests) take about 40 s on two cores, derandomized so CI runs
-the same programs every time. No invariant depends on timing: an answer is owed only when
-a clean backend was routable from start to end, which no scheduling can undo.
+token 0.5 s, between events 0.3 s, a whole JSON answer 0.5 s, probes every 0.2 s, a failed
+request's ejection 0.2 s, doubling up to 1 s) and the simulators answer at once or at 100
+tokens/s, so the 3 explicit and 25 generated examples of 5–14 steps (about 200 requests)
+take about 40 s on two cores, derandomized so CI runs the same programs every time. No
+invariant depends on timing: an answer is owed only when a clean backend was routable from
+start to end, which no scheduling can undo.
 """
 
 from __future__ import annotations
@@ -99,6 +100,10 @@ SLOW_RATE = 100.0  # tokens/s: a stream lasts 0.25–0.5 s, long enough to break
 TIMEOUTS = {"first_token_seconds": 0.5, "stream_idle_seconds": 0.3, "request_seconds": 30}
 DELAY_SECONDS = 0.7  # past the first-token and whole-answer deadlines
 HEALTH_INTERVAL_SECONDS = 0.2
+# A backend that failed a request is out this long, doubling per ejection in a row up to the
+# max: short, so that a recovery is routable well within RECOVERY_DEADLINE.
+EJECTION_BASE_SECONDS = 0.2
+EJECTION_MAX_SECONDS = 1.0
 GRACE_SECONDS = 0.5  # how long a backend that said goodbye is remembered
 MAX_ATTEMPTS = 8  # more than the fleet (and mid-stream switches): a clean one is reached
 
@@ -836,7 +841,8 @@ async def run_fleet(plan: FleetPlan, program: Sequence[Step]) -> None:
             sims[:CONFIGURED],
             routing=routing,
             health_check={"interval_seconds": HEALTH_INTERVAL_SECONDS, "recovery_threshold": 1,
-                          "timeout_seconds": 1.0},
+                          "timeout_seconds": 1.0, "ejection_base_seconds": EJECTION_BASE_SECONDS,
+                          "ejection_max_seconds": EJECTION_MAX_SECONDS},
             discovery={"grace_period_seconds": GRACE_SECONDS},
             server={"state_file": state_file, "shutdown_grace_seconds": 2.0},
         )  # fmt: skip

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import time
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
+import trio
 from quart import Blueprint, Response, jsonify, request
 
 from nexus_trio.catalog import model_entries
@@ -33,15 +35,26 @@ __all__ = ["backend_view", "make_admin_blueprint"]
 
 
 def backend_view(backend: Backend) -> dict[str, Any]:
-    """One backend as the admin API and the CLI show it."""
+    """One backend as the admin API and the CLI show it.
+
+    ``status`` is ``"ejected"`` while the passive breaker keeps it out (``health`` is
+    then what its probes say); ``ejected_until`` is when it returns (UTC), and
+    ``ejected_seconds`` how long that is from now; ``ejections`` counts its ejections
+    in a row, which a run of served requests forgives.
+    """
     checked = backend.last_checked
+    left = backend.ejected_seconds_left(trio.current_time())
     return {
         "name": backend.name,
         "url": backend.url,
         "type": backend.type.value,
         "sources": sorted(backend.sources),
-        "status": backend.health.value,
-        "detail": backend.health_detail or None,
+        "status": backend.status,
+        "health": backend.health.value,
+        "detail": backend.status_detail or None,
+        "ejected_until": None if left is None else _iso(time.time() + left),
+        "ejected_seconds": None if left is None else round(left, 1),
+        "ejections": backend.ejections,
         "priority": backend.priority,
         "models": sorted(backend.models),
         "warm_models": sorted(backend.warm_models) if backend.warm_models is not None else None,
@@ -50,10 +63,12 @@ def backend_view(backend: Backend) -> dict[str, Any]:
         "latency_ms": None
         if backend.ttft_ewma_seconds is None
         else round(backend.ttft_ewma_seconds * 1000, 1),
-        "last_checked": None
-        if checked is None
-        else datetime.fromtimestamp(checked, UTC).isoformat(timespec="seconds"),
+        "last_checked": None if checked is None else _iso(checked),
     }
+
+
+def _iso(unix_seconds: float) -> str:
+    return datetime.fromtimestamp(unix_seconds, UTC).isoformat(timespec="seconds")
 
 
 def _is_loopback(address: str | None) -> bool:

@@ -94,13 +94,13 @@ def make_quart_app(gateway: Gateway) -> QuartTrio:
             "status": status,
             "backends": {
                 b.name: {
-                    "status": b.health.value,
+                    "status": b.status,
                     "type": b.type.value,
                     "source": b.source,
                     "sources": sorted(b.sources),
                     "models": len(b.models),
                     "in_flight": b.in_flight,
-                    "detail": b.health_detail or None,
+                    "detail": b.status_detail or None,
                 }
                 for b in backends
             },

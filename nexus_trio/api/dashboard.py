@@ -49,7 +49,7 @@ def snapshot(gateway: Gateway) -> dict[str, Any]:
         "version": __version__,
         "uptime_seconds": round(gateway.uptime_seconds, 3),
         "draining": gateway.draining,
-        "backends": [backend_view(b) for b in registry],
+        "backends": [backend_view(b, trio.current_time()) for b in registry],
         "models": listed_models(registry, gateway.settings.routing, gateway.created),
         "requests": observer.recent(),
         "stats": observer.stats.to_json(),

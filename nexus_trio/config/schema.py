@@ -303,7 +303,7 @@ class RoutingSettings:
     max_attempts: int = _key(
         _AT_LEAST_ONE,
         "Attempts for one request before giving up with HTTP 502; a backend that failed is "
-        "tried again only once a health probe has brought it back.",
+        "tried again only once it is back in rotation.",
         default=3,
     )
     mid_stream: MidStream = _key(

@@ -85,7 +85,9 @@ class Feed:
         if event.kind == "backend_removed":
             self.publish(BACKEND_STATUS, {"name": event.backend, "removed": True})
         elif event.backend in registry:
-            self.publish(BACKEND_STATUS, backend_view(registry.get(event.backend)))
-        if event.kind in ("backend_added", "backend_removed", "models", "health"):
-            # The models' list says which are available: health changes that too.
+            self.publish(
+                BACKEND_STATUS, backend_view(registry.get(event.backend), trio.current_time())
+            )
+        if event.kind in ("backend_added", "backend_removed", "models", "health", "ejection"):
+            # The models' list says which are available: health and ejections change that too.
             self.publish(MODEL_CHANGE, {"models": listed_models(registry, routing, created)})

@@ -11,6 +11,8 @@ import logging
 from collections import deque
 from typing import Any
 
+import trio
+
 from nexus_trio.config import Settings
 from nexus_trio.logs import log_request, request_logger
 from nexus_trio.observe.feed import BACKEND_STATUS, REQUEST_COMPLETE, Feed
@@ -67,7 +69,9 @@ class Observer:
             # Its backends' load and latency just changed.
             involved = {record.backend, *(f.from_backend for f in record.failovers)}
             for name in sorted(n for n in involved if n is not None and n in self._registry):
-                feed.publish(BACKEND_STATUS, backend_view(self._registry.get(name)))
+                feed.publish(
+                    BACKEND_STATUS, backend_view(self._registry.get(name), trio.current_time())
+                )
 
     def recent(self, limit: int | None = None) -> list[dict[str, Any]]:
         """The last ``limit`` requests (all kept, if None), oldest first."""

@@ -48,7 +48,10 @@ class CandidateQueue:
     def _may_try(self, candidate: Candidate) -> bool:
         backend = candidate.backend
         seen = self.tried.get(backend.name)
-        return backend.routable and (seen is None or backend.returns > seen)
+        # Available, not routable: a backend ejected since it was planned (or planned while
+        # the breaker had ejected them all) may still serve; one this request saw fail may
+        # not, until it has come back.
+        return backend.available and (seen is None or backend.returns > seen)
 
     async def next(self) -> Candidate | None:
         """The next candidate to try, or None when none is left or the budget is spent."""

@@ -1,12 +1,14 @@
 """Routing that waits a little when every backend of a model is out of rotation.
 
-A backend taken out by a failed request gets a half-open probe within half a
-second, and most come back within a second or two: a request arriving in that
-gap (or whose last candidate just failed) is better served a moment late than
-refused. So when nothing is in rotation, the request waits — for a health
-change in the registry, at most ``routing.wait_for_backend_seconds`` — and
-plans again. Everything else (an unknown model, a busy fleet, a request no
-backend can take) is answered at once.
+A backend taken out by a failed request is ejected for a few seconds at first
+(``health_check.ejection_base_seconds``), and one that a probe found down
+answers again soon after it restarts: a request arriving in that gap (or whose
+last candidate just failed) is better served a moment late than refused. So
+when nothing is in rotation, the request waits — for a change in the registry
+that may bring a backend back (its health recovered, its ejection ended), at
+most ``routing.wait_for_backend_seconds`` — and plans again. Everything else
+(an unknown model, a busy fleet, a request no backend can take) is answered at
+once.
 """
 
 from __future__ import annotations
@@ -41,8 +43,7 @@ async def wait_for_rotation(
             return found
         with trio.move_on_after(seconds):
             async for event in changes:
-                back = event.kind == "health" and event.detail != "unhealthy"
-                if back and (found := look()) is not None:
+                if event.may_bring_back and (found := look()) is not None:
                     return found
     return None
 

@@ -222,13 +222,20 @@ def _sorted_as_read(rows: list[Row], why: Callable[[Row], Why]) -> Iterator[tupl
         yield row[-1], why(row)
 
 
+def _out_because(backend: Backend) -> str:
+    """Why a backend is out of rotation, in a few words."""
+    if backend.ejected_until is not None:
+        return f"ejected after a failed request ({backend.ejection_reason})"
+    return backend.health_detail or backend.health.value
+
+
 def _why_none(model: str, serving: Sequence[Backend], needs: Requirements) -> NexusError:
     """The error for a model whose backends exist but none can take this request."""
     routable = [b for b in serving if b.routable]
     if not routable:
         return NoHealthyBackend(
             f"No healthy backend serves {model!r} right now ("
-            + ", ".join(f"{b.name}: {b.health_detail or b.health.value}" for b in serving)
+            + ", ".join(f"{b.name}: {_out_because(b)}" for b in serving)
             + "). Retry after a few seconds."
         )
     reasons = {_incapability(b.models[model], needs) for b in routable}

@@ -158,12 +158,17 @@ async def test_fleet_live_requests_failover_and_outage(
             )
             expect(page.get_by_test_id("total-failovers")).to_have_text("1")
 
-            # A backend that stops answering turns unhealthy, and its only model unavailable.
+            # A backend that stops answering is ejected at once, its return counted down;
+            # its probes fail too, so it stays out as unhealthy after the ejection. Its only
+            # model is unavailable meanwhile.
             call_trio(llamacpp.refuse_connections)
             response = call_trio(demo.chat, "smollm2:135m", stream=False, request_id="outage")
             assert response.status_code >= 500
-            expect(backend_row(page, "demo-llamacpp")).to_have_attribute("data-status", "unhealthy")
-            expect(backend_row(page, "demo-llamacpp")).to_contain_text("unhealthy")
+            outage = backend_row(page, "demo-llamacpp")
+            expect(outage).to_have_attribute("data-status", "ejected")
+            expect(outage.locator('[data-field="returns"]')).to_contain_text("back in")
+            expect(outage).to_have_attribute("data-status", "unhealthy", timeout=20_000)
+            expect(outage).to_contain_text("unhealthy")
             expect(model_row(page, "smollm2:135m")).to_contain_text("no")
             expect(request_row(page, "outage")).to_have_class(re.compile(r"\bis-error\b"))
             expect(page.get_by_test_id("total-failed")).to_have_text("1")

@@ -118,8 +118,33 @@
 
   function statusKind(backend) {
     if (backend.status === "unhealthy") return "bad";
+    if (backend.status === "ejected") return "warn"; // a request failed: out for a while
     if (!backend.routable) return "idle"; // every source said goodbye
     return backend.status === "healthy" ? "good" : "idle";
+  }
+
+  // An ejected backend says how many seconds from now it returns; the page turns that
+  // into deadlines on its own clocks when the message arrives, so the server's clock
+  // never has to agree with this one.
+  function received(backend) {
+    if (typeof backend.ejected_seconds === "number") {
+      backend.returnsAt = performance.now() + backend.ejected_seconds * 1000;
+      backend.returnsAtTime = Date.now() / 1000 + backend.ejected_seconds;
+    }
+    return backend;
+  }
+
+  function fmtReturn(returnsAt, returnsAtTime) {
+    const left = Math.ceil((returnsAt - performance.now()) / 1000);
+    if (left <= 0) return "back any moment";
+    return `back in ${fmtDuration(left)} (at ${fmtTime(returnsAtTime)})`;
+  }
+
+  function renderReturns() {
+    for (const node of dom.backendsBody.querySelectorAll("[data-returns-at]")) {
+      const at = Number(node.getAttribute("data-returns-at"));
+      node.textContent = fmtReturn(at, Number(node.getAttribute("data-returns-at-time")));
+    }
   }
 
   function backendRow(b) {
@@ -131,8 +156,17 @@
     tr.appendChild(cell(el("span", "name", b.name), "col-name"));
 
     const status = el("div", "status");
-    const label = b.status === "unhealthy" || b.routable ? b.status : "gone";
+    const out = b.status === "unhealthy" || b.status === "ejected";
+    const label = out || b.routable ? b.status : "gone"; // else every source said goodbye
     status.appendChild(badge(label, statusKind(b)));
+    if (b.returnsAt !== undefined) {
+      const back = el("span", "returns", fmtReturn(b.returnsAt, b.returnsAtTime));
+      back.setAttribute("data-field", "returns");
+      back.setAttribute("data-returns-at", String(b.returnsAt));
+      back.setAttribute("data-returns-at-time", String(b.returnsAtTime));
+      if (b.ejections > 1) back.title = `ejected ${b.ejections} times in a row`;
+      status.appendChild(back);
+    }
     if (b.detail) {
       status.appendChild(el("span", "detail", b.detail));
       status.title = b.detail;
@@ -315,7 +349,7 @@
     state.uptimeAt = performance.now();
     renderUptime();
 
-    state.backends = new Map((data.backends || []).map((b) => [b.name, b]));
+    state.backends = new Map((data.backends || []).map((b) => [b.name, received(b)]));
     state.models = data.models || [];
     renderBackends();
     renderModels();
@@ -340,7 +374,7 @@
 
   function applyBackendStatus(data) {
     if (data.removed) state.backends.delete(data.name);
-    else state.backends.set(data.name, data);
+    else state.backends.set(data.name, received(data));
     renderBackends();
     renderModels(); // its chips there show its status
     renderTotals();
@@ -451,5 +485,6 @@
   }
 
   setInterval(renderUptime, 1000);
+  setInterval(renderReturns, 1000);
   connect();
 })();
