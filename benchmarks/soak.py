@@ -736,15 +736,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     )
     add("--mid-stream", choices=[m.value for m in MidStream], help="routing.mid_stream")
     add("--health-interval", type=float, default=1.0, help="seconds between health checks")
-    # The chaos counts a backend healthy again the moment its fault clears, but the breaker
-    # keeps a backend that failed a request out for the rest of its ejection: with Nexus's
-    # defaults (5 s, doubling to 300 s) two faulty backends and two still ejected leave none
-    # in rotation, and requests are lost to the breaker's trade of capacity for fewer failed
-    # attempts rather than to failover (46 of 8140 in a 3-minute run). Ejections no longer
-    # than routing.wait_for_backend_seconds (2 s) keep the soak about failover; pass
-    # --ejection-base-seconds 5 --ejection-max-seconds 300 to soak the defaults.
-    add("--ejection-base-seconds", type=float, default=0.5, help="health_check key")
-    add("--ejection-max-seconds", type=float, default=2.0, help="health_check key")
+    add("--ejection-base-seconds", type=float, default=5.0, help="health_check key")
+    add("--ejection-max-seconds", type=float, default=300.0, help="health_check key")
     add("--request-timeout", type=float, default=60.0, help="client gives up after, seconds")
     add("--rss-every", type=float, default=10.0, help="seconds between RSS samples")
     add("--log-dir", type=Path, default=None, help="keep the nexus and fleet logs here")
