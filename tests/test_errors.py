@@ -9,9 +9,10 @@ import httpx
 import openai
 import pytest
 
+from nexus_trio.registry import Health
 from nexus_trio.testing import Flavor, SimModel, SimulatedBackend
 
-from helpers import sim
+from helpers import sim, wait_for_health
 
 CHAT = "/v1/chat/completions"
 HELLO: dict[str, Any] = {"model": "llama3:8b", "messages": [{"role": "user", "content": "Hi"}]}
@@ -92,7 +93,9 @@ async def test_no_healthy_backend_is_503_with_retry_after(start_nexus: Any) -> N
     a = sim("a")
     nexus = await start_nexus([a])
     await a.refuse_connections()
-    await nexus.http.post(CHAT, json=HELLO)  # fails over to nobody, demotes "a"
+    with nexus.gateway.registry.subscribe() as events:
+        await nexus.http.post(CHAT, json=HELLO)  # fails over to nobody, ejects "a"
+        await wait_for_health(events, "a", Health.UNHEALTHY)  # its probe finds it down
     response = await nexus.http.post(CHAT, json=HELLO)
     assert response.status_code == 503
     assert int(response.headers["retry-after"]) > 0
@@ -276,9 +279,11 @@ async def test_sdk_sees_typed_errors(start_nexus: Any) -> None:
     with pytest.raises(openai.APIStatusError) as raised:
         await client.chat.completions.create(model="llama3:8b", messages=HELLO["messages"])
     assert raised.value.status_code == 502
+    # Ejected, yet the only backend its probes call well: tried again rather than refused.
     with pytest.raises(openai.APIStatusError) as raised:
         await client.chat.completions.create(model="llama3:8b", messages=HELLO["messages"])
-    assert raised.value.status_code == 503
+    assert raised.value.status_code == 502
+    assert a.stats.chat_requests == 2
 
 
 async def test_failure_after_the_stream_committed_is_one_error_event(start_nexus: Any) -> None:

@@ -430,10 +430,22 @@ def test_all_unhealthy_is_503_with_retry_after() -> None:
     assert caught.value.status == 503
     assert ("retry-after", "5") in caught.value.headers()
     assert "connection refused" in caught.value.message
-    ejected = backend("a", health=Health.HEALTHY, ejected_until=12.0, ejection_reason="HTTP 500")
+    down = backend("a", health=Health.UNHEALTHY, ejected_until=12.0, ejection_reason="HTTP 500")
     with pytest.raises(NoHealthyBackend) as caught:
-        plan_route(Requirements("llama3:8b"), [ejected], RoutingSettings())
+        plan_route(Requirements("llama3:8b"), [down], RoutingSettings())
     assert "a: ejected after a failed request (HTTP 500)" in caught.value.message
+
+
+def test_the_breaker_yields_when_it_has_ejected_every_backend_of_the_model() -> None:
+    """Ejected but well by their probes: served by those rather than by nobody."""
+    a = backend("a", health=Health.HEALTHY, ejected_until=12.0, ejection_reason="HTTP 500")
+    b = backend("b", health=Health.HEALTHY, ejected_until=15.0, ejection_reason="HTTP 500")
+    gone = backend("c", health=Health.UNHEALTHY, ejected_until=15.0)
+    decision = plan_route(Requirements("llama3:8b"), [a, b, gone], RoutingSettings())
+    assert {c.backend.name for c in decision.candidates} == {"a", "b"}
+    well = backend("d")
+    decision = plan_route(Requirements("llama3:8b"), [a, well], RoutingSettings())
+    assert [c.backend.name for c in decision.candidates] == ["d"]  # in rotation: only it
 
 
 def test_all_saturated_is_503_with_a_short_retry_after() -> None:

@@ -30,28 +30,39 @@ class CandidateQueue:
     registry as it is now — waiting a moment (``routing.wait_for_backend_seconds``)
     if nothing is in rotation — untried backends first. Two limits end it:
     ``routing.max_attempts`` attempts, and no new attempt after
-    ``routing.failover_timeout_seconds`` (0: no limit).
+    ``routing.failover_timeout_seconds`` (0: no limit). What the request has tried
+    (``tried``) is shared by every queue of the request, continuations included.
     """
 
     def __init__(
-        self, planned: Sequence[Candidate], replan: Replan, routing: RoutingSettings
+        self,
+        planned: Sequence[Candidate],
+        replan: Replan,
+        routing: RoutingSettings,
+        registry: Registry,
+        tried: dict[str, int],
     ) -> None:
         self._queue: Iterator[Candidate] = iter(planned)  # read as needed (see `Candidates`)
         self._replan = replan
+        self._registry = registry
         self.budget = routing.max_attempts
         self._wait_seconds = routing.wait_for_backend_seconds
         timeout = routing.failover_timeout_seconds
         self._deadline = trio.current_time() + timeout if timeout > 0 else math.inf
-        # Backend name -> its `Backend.returns` when this request last tried it.
-        self.tried: dict[str, int] = {}
+        self.tried = tried  # backend name -> its `Backend.returns` when last tried
+        self.tried_here = 0  # attempts this queue started
 
     def _may_try(self, candidate: Candidate) -> bool:
         backend = candidate.backend
         seen = self.tried.get(backend.name)
-        # Available, not routable: a backend ejected since it was planned (or planned while
-        # the breaker had ejected them all) may still serve; one this request saw fail may
-        # not, until it has come back.
-        return backend.available and (seen is None or backend.returns > seen)
+        if seen is not None and backend.returns <= seen:
+            return False  # it failed this request and has not come back since
+        if backend.routable:
+            return True
+        # Ejected since it was planned: only while the breaker has ejected every backend
+        # of the model (then routing serves from those rather than none).
+        ready = self._registry.roster(candidate.model).ready
+        return backend.available and bool(ready) and ready[0][0].ejected_until is not None
 
     async def next(self) -> Candidate | None:
         """The next candidate to try, or None when none is left or the budget is spent."""
@@ -60,6 +71,7 @@ class CandidateQueue:
                 if self._may_try(candidate):
                     self.tried[candidate.backend.name] = candidate.backend.returns
                     self.budget -= 1
+                    self.tried_here += 1
                     return candidate
             wait = min(self._wait_seconds, self._deadline - trio.current_time())
             fresh = await self._replan(self._may_try, wait)

@@ -89,6 +89,9 @@ class Exchange:
     request_id: str
     writer: Writer
     outcome: Outcome
+    # Backend name -> its `Backend.returns` when this request last tried it: a backend that
+    # failed is not tried again, by a failover or a continuation, until it has come back.
+    tried: dict[str, int] = field(default_factory=dict)
 
     def timeouts_for(self, backend: Backend) -> TimeoutSettings:
         """The routing timeouts, with the backend's own overrides applied."""

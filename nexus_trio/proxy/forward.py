@@ -81,9 +81,11 @@ async def forward_chat(
         AllBackendsFailed: every attempt failed before the answer began.
         AnswerTimeout: a whole answer was not complete within ``timeouts.request_seconds``.
     """
+    registry = exchange.registry
     queue = CandidateQueue(
-        decision.candidates, replanner(chat.needs, exchange.registry, routing), routing
-    )
+        decision.candidates, replanner(chat.needs, registry, routing), routing, registry,
+        exchange.tried,
+    )  # fmt: skip
     if not chat.streamed_upstream:
         await _whole_chat(exchange, chat, decision, queue)
     elif chat.needs.stream:
@@ -375,6 +377,8 @@ async def _continue(
         [c for c in decision.candidates if keep(c)],
         replanner(chat.needs, exchange.registry, routing, keep),
         routing,
+        exchange.registry,
+        exchange.tried,
     )
     payload, prefill, produced = chat.payload, tracker.text, tracker.content_chunks
     try:
@@ -386,7 +390,7 @@ async def _continue(
     except AllBackendsFailed:
         why_not = (
             "every backend that could continue it failed too"
-            if queue.tried
+            if queue.tried_here
             else "no other backend could continue it"
         )
         return AnswerIncomplete(failure, why_not)
