@@ -118,6 +118,14 @@ def _succeeded(exchange: Exchange, candidate: Candidate) -> None:
     exchange.registry.request_succeeded(candidate.backend)
 
 
+async def _pass_through(exchange: Exchange, answer: WholeAnswer) -> None:
+    """Hand a backend's own whole answer (or refusal) to the client."""
+    exchange.outcome.served(answer.candidate, answer.status)
+    if answer.status == 200:
+        _succeeded(exchange, answer.candidate)
+    await exchange.writer.pass_through(answer)
+
+
 # -- answered in one piece -------------------------------------------------------------
 
 
@@ -132,10 +140,7 @@ async def _whole_chat(
             except BackendError as failure:
                 _failed(exchange, candidate, failure)
                 continue
-        exchange.outcome.served(candidate, answer.status)
-        if answer.status == 200:
-            _succeeded(exchange, candidate)
-        await exchange.writer.pass_through(answer)
+        await _pass_through(exchange, answer)
         return
     raise AllBackendsFailed(decision.model, exchange.outcome.failures)
 
@@ -207,8 +212,7 @@ async def _stream_chat(
             decision.model,
         )  # fmt: skip
         if isinstance(opened, WholeAnswer):
-            exchange.outcome.served(opened.candidate, opened.status)
-            await exchange.writer.pass_through(opened)
+            await _pass_through(exchange, opened)
             return
         if await _relay_answer(exchange, chat, decision, routing, opened):
             return
