@@ -1,4 +1,4 @@
-"""JSON parsing on the hot path: orjson where it can, the standard library where not.
+"""JSON on the hot path: orjson where it can, the standard library where not.
 
 Every request body and every streamed event is parsed once; orjson does that
 about three times faster than ``json``. It is stricter in two corners JSON
@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["loads"]
+__all__ = ["dumps", "loads"]
 
 # 19 digits in a row: where an integer may be beyond orjson's 64 bits (a string or a
 # long fraction holding them costs only the slower parse).
@@ -44,3 +44,15 @@ def loads(data: bytes | str) -> Any:
         return orjson.loads(data)
     except orjson.JSONDecodeError:
         return json.loads(data)
+
+
+def dumps(value: Any) -> bytes:
+    """``value`` as compact UTF-8 JSON, about twice as fast as ``json.dumps``.
+
+    What orjson cannot write — an integer beyond 64 bits, a lone surrogate that came in
+    as ``"\\ud800"`` — is written by ``json`` (ASCII escapes keep such a string valid).
+    """
+    try:
+        return orjson.dumps(value)
+    except (orjson.JSONEncodeError, TypeError):
+        return json.dumps(value, separators=(",", ":")).encode()

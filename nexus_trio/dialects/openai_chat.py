@@ -280,7 +280,7 @@ class OpenAIJSONWriter(_OpenAIWriter):
 
     async def end(self, usage: Mapping[str, int]) -> None:
         assert self._candidate is not None, "end() before begin()"
-        body = json.dumps(self._assembler.completion(usage), ensure_ascii=False).encode()
+        body = jsonparse.dumps(self._assembler.completion(usage))
         headers = nexus_headers(self._candidate, self._request_id, "application/json")
         # Head and body go out together or not at all: a deadline landing between them
         # would leave a response with a length and no body. Bounded, for a client that

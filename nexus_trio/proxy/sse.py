@@ -16,9 +16,10 @@ comment, an error) are encoded here too, and only here.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
+
+from nexus_trio import jsonparse
 
 __all__ = [
     "DONE",
@@ -36,7 +37,7 @@ _BOM = b"\xef\xbb\xbf"
 
 def data_event(payload: dict[str, Any]) -> bytes:
     """One ``data:`` event carrying ``payload`` as JSON (UTF-8, one line)."""
-    return b"data: " + json.dumps(payload, ensure_ascii=False).encode() + b"\n\n"
+    return b"data: " + jsonparse.dumps(payload) + b"\n\n"
 
 
 def comment_event(text: str) -> bytes:
