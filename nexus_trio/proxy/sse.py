@@ -16,7 +16,7 @@ comment, an error) are encoded here too, and only here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from nexus_trio import jsonparse
@@ -45,17 +45,32 @@ def comment_event(text: str) -> bytes:
     return b": " + text.replace("\n", " ").replace("\r", " ").encode() + b"\n\n"
 
 
-@dataclass(frozen=True, slots=True)
+_UNPARSED: Any = object()
+
+
+@dataclass(slots=True)
 class SSEEvent:
     """One complete event, with the exact bytes it was framed in."""
 
     raw: bytes
     data: str | None  # None for an event with no data lines (comment-only, keep-alive)
     event: str | None = None
+    _parsed: Any = field(default=_UNPARSED, repr=False, compare=False)
 
     @property
     def is_done(self) -> bool:
         return self.data == DONE
+
+    def parsed(self) -> Any:
+        """The data as JSON, parsed once however often it is asked for (the first-token
+        check and the tracker both read it).
+
+        Raises:
+            ValueError: the data is not JSON.
+        """
+        if self._parsed is _UNPARSED:
+            self._parsed = jsonparse.loads(self.data or "")
+        return self._parsed
 
 
 class SSEParser:

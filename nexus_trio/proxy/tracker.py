@@ -24,7 +24,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from nexus_trio import jsonparse
 from nexus_trio.errors import BackendError, BackendProtocolError
 from nexus_trio.proxy.sse import DONE_EVENT, SSEEvent, data_event
 
@@ -93,7 +92,7 @@ class StreamTracker:
             return Admitted(b"" if self.switched else event.raw)
         if event.is_done:
             return self.close()
-        chunk = _parse(event.data, backend)
+        chunk = _parse(event, backend)
         choices = chunk.get("choices")
         if not isinstance(choices, list) or not choices:
             self._add_usage(chunk.get("usage"))
@@ -230,10 +229,10 @@ def add_usage(totals: dict[str, int], usage: object) -> None:
             totals[key] = totals.get(key, 0) + value
 
 
-def _parse(data: str, backend: str) -> dict[str, Any]:
+def _parse(event: SSEEvent, backend: str) -> dict[str, Any]:
     try:
-        chunk = jsonparse.loads(data)
-    except ValueError:
+        chunk = event.parsed()
+    except (ValueError, RecursionError):
         raise BackendProtocolError(backend, "sent an SSE event that is not JSON") from None
     if not isinstance(chunk, dict):
         raise BackendProtocolError(backend, "sent an SSE event that is not a JSON object")
