@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 import trio
+import trio.testing
 from hypothesis import is_hypothesis_test
 from hypothesis import strategies as st
 
@@ -31,6 +32,20 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     """
     if any(is_hypothesis_test(getattr(item, "obj", None)) for item in session.items):
         st.text().validate()
+
+
+@pytest.fixture
+def loopback_clock() -> trio.testing.MockClock:
+    """Virtual time for a test that talks over real loopback sockets.
+
+    Like pytest-trio's ``autojump_clock``, it jumps to the next deadline when nothing can run,
+    so sleeps, timeouts and deadlines are instant and exact. Unlike it, it first waits for
+    every task to have been blocked for 20 ms of real time: with a threshold of 0, a task
+    waiting on the kernel (a connection being accepted, bytes on their way through the
+    loopback) would look idle, and the clock would jump past deadlines that were not due.
+    Tests that need no real socket use ``autojump_clock`` over in-memory streams instead.
+    """
+    return trio.testing.MockClock(autojump_threshold=0.02)
 
 
 @pytest.fixture(autouse=True)
