@@ -43,7 +43,8 @@ def loopback_clock() -> trio.testing.MockClock:
     every task to have been blocked for 20 ms of real time: with a threshold of 0, a task
     waiting on the kernel (a connection being accepted, bytes on their way through the
     loopback) would look idle, and the clock would jump past deadlines that were not due.
-    Tests that need no real socket use ``autojump_clock`` over in-memory streams instead.
+    Tests without a TCP socket use ``autojump_clock``: over in-memory streams, or a Unix
+    socket pair, whose bytes are in the other end's queue by the time a send returns.
     """
     return trio.testing.MockClock(autojump_threshold=0.02)
 

@@ -3,9 +3,10 @@
 Each server here is a few lines over a real socket, so the tests can say exactly what goes
 over the wire: how an answer is framed and split, when a connection is closed, and which
 connection a request used. The pool reaches them through its ``connect`` seam: each
-connection is one end of a socket pair, the script runs on the other. Nothing waits on the
-network, so the tests run on trio's autojump clock and every deadline in them (the pool's
-keep-alive and connect timeout, the guards against a hang) is virtual, instant and exact.
+connection is one end of a Unix socket pair, the script runs on the other. Nothing waits on
+a network (a pair's bytes are in the other end's queue by the time a send returns), so the
+tests run on trio's autojump clock and every deadline in them (the pool's keep-alive and
+connect timeout, the guards against a hang) is virtual, instant and exact.
 Two tests keep real loopback TCP, on the real clock, for the default ``connect``; the
 proxy's own tests cover the client through every chat path.
 """
