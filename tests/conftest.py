@@ -18,7 +18,7 @@ from nexus_trio.config import settings_from_mapping
 from nexus_trio.supervisor import serve_nexus
 from nexus_trio.testing import SimulatedBackend
 
-from helpers import Running, nexus_config
+from helpers import Running, loopback_clock, nexus_config
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
@@ -34,19 +34,10 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         st.text().validate()
 
 
-@pytest.fixture
-def loopback_clock() -> trio.testing.MockClock:
-    """Virtual time for a test that talks over real loopback sockets.
-
-    Like pytest-trio's ``autojump_clock``, it jumps to the next deadline when nothing can run,
-    so sleeps, timeouts and deadlines are instant and exact. Unlike it, it first waits for
-    every task to have been blocked for 20 ms of real time: with a threshold of 0, a task
-    waiting on the kernel (a connection being accepted, bytes on their way through the
-    loopback) would look idle, and the clock would jump past deadlines that were not due.
-    Tests without a TCP socket use ``autojump_clock``: over in-memory streams, or a Unix
-    socket pair, whose bytes are in the other end's queue by the time a send returns.
-    """
-    return trio.testing.MockClock(autojump_threshold=0.02)
+@pytest.fixture(name="loopback_clock")
+def _loopback_clock() -> trio.testing.MockClock:
+    """Virtual time over real loopback sockets: see `helpers.loopback_clock`."""
+    return loopback_clock()
 
 
 @pytest.fixture(autouse=True)
