@@ -49,12 +49,22 @@ type = "generic"
 """
 
 
-def start_nexus(upstream: str, stream_upstream: bool, tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start_nexus(
+    upstream: str, stream_upstream: bool, tmp: Path
+) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     config = tmp / f"nexus-{stream_upstream}.toml"
     config.write_text(CONFIG.format(port=port, upstream=upstream,
                                     stream_upstream=str(stream_upstream).lower()))  # fmt: skip
-    command = [*pin(SERVER_CORE), sys.executable, "-m", "nexus_trio", "serve", "--config", str(config)]
+    command = [
+        *pin(SERVER_CORE),
+        sys.executable,
+        "-m",
+        "nexus_trio",
+        "serve",
+        "--config",
+        str(config),
+    ]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30

@@ -11,12 +11,34 @@ from typing import Any
 import httpx
 import pytest
 import trio
+import trio.testing
+from hypothesis import is_hypothesis_test
+from hypothesis import strategies as st
 
 from nexus_trio.config import settings_from_mapping
 from nexus_trio.supervisor import serve_nexus
 from nexus_trio.testing import SimulatedBackend
 
-from helpers import Running, nexus_config
+from helpers import Running, loopback_clock, nexus_config
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Build Hypothesis's Unicode tables before any test's input generation is timed.
+
+    The first strategy that draws text has Hypothesis work out which characters exist and
+    which encode to UTF-8, and keep the tables in ``.hypothesis/``. On a fresh checkout, as
+    in CI, that takes about two seconds, timed as that test's input generation: past the
+    one-second health check, which then fails a test that did nothing wrong
+    (HypothesisWorks/hypothesis#1153). Checking a text strategy builds them, once.
+    """
+    if any(is_hypothesis_test(getattr(item, "obj", None)) for item in session.items):
+        st.text().validate()
+
+
+@pytest.fixture(name="loopback_clock")
+def _loopback_clock() -> trio.testing.MockClock:
+    """Virtual time over real loopback sockets: see `helpers.loopback_clock`."""
+    return loopback_clock()
 
 
 @pytest.fixture(autouse=True)

@@ -58,6 +58,20 @@ class Running:
         return {b.name: b.in_flight for b in self.gateway.registry}
 
 
+def loopback_clock() -> trio.testing.MockClock:
+    """Virtual time for a trio run that talks over real loopback sockets.
+
+    Like pytest-trio's ``autojump_clock``, it jumps to the next deadline when nothing can run,
+    so sleeps, timeouts and deadlines are instant and exact. Unlike it, it first waits for
+    every task to have been blocked for 10 ms of real time: with a threshold of 0, a task
+    waiting on the kernel (a connection being accepted, bytes on their way through the
+    loopback) would look idle, and the clock would jump past deadlines that were not due.
+    Runs without a TCP socket use ``autojump_clock``: over in-memory streams, or a Unix
+    socket pair, whose bytes are in the other end's queue by the time a send returns.
+    """
+    return trio.testing.MockClock(autojump_threshold=0.01)
+
+
 def sim(name: str, flavor: Flavor = Flavor.VLLM, *models: str, **kwargs: Any) -> SimulatedBackend:
     """A simulated backend as fast as it can go, serving ``models`` (default ``llama3:8b``)."""
     return SimulatedBackend(

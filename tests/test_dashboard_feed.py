@@ -1,5 +1,10 @@
 """The dashboard's WebSocket ``/ws``, through trio-websocket: a snapshot first, then
-typed events as they happen; big messages whole; a slow client dropped alone."""
+typed events as they happen; big messages whole; a slow client dropped alone.
+
+"As they happen" is checked on virtual time (`loopback_clock`): an event that came from a
+timer rather than at once would trip a one-second virtual deadline on any machine. The
+other deadlines here guard against a hang.
+"""
 
 from __future__ import annotations
 
@@ -65,7 +70,9 @@ async def next_of(ws: WebSocketConnection, update_type: str, **match: Any) -> di
             return data  # type: ignore[no-any-return]
 
 
-async def test_snapshot_first_then_backend_status_and_request_complete(start_nexus: Any) -> None:
+async def test_snapshot_first_then_backend_status_and_request_complete(
+    start_nexus: Any, loopback_clock: trio.testing.MockClock
+) -> None:
     a, b = sim("a"), sim("b")
     nexus = await start_nexus(
         [a, b], routing={"strategy": "priority"}, backend_options={"b": {"priority": 2}}
@@ -94,7 +101,9 @@ async def test_snapshot_first_then_backend_status_and_request_complete(start_nex
         assert done["failovers"] == [{"from": "a", "to": "b", "phase": "before_first_byte"}]
 
 
-async def test_a_backend_going_down_is_heard_within_a_second(start_nexus: Any) -> None:
+async def test_a_backend_going_down_is_heard_within_a_second(
+    start_nexus: Any, loopback_clock: trio.testing.MockClock
+) -> None:
     nexus = await start_nexus([sim("a"), sim("b")])
     async with open_dashboard(nexus) as ws:
         await next_of(ws, "Snapshot")

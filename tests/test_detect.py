@@ -1,13 +1,22 @@
-"""Telling servers apart: `classify` on recorded answers, `fingerprint` on real sockets."""
+"""Telling servers apart: `classify` on recorded answers, `fingerprint` on real sockets.
+
+What `fingerprint` does when a server is silent, slow on some paths or refuses, and when
+its deadline passes, is checked on trio's autojump clock through `httpx.MockTransport`:
+the deadlines are virtual, so each test can say exactly when the answer came, and no
+socket is waiting on the kernel while the clock jumps.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httpx
 import pytest
 import trio
+import trio.testing
 
 from nexus_trio.backends.detect import (
     PROBE_PATHS,
@@ -298,54 +307,76 @@ async def test_fingerprint_of_a_huge_body_is_no_answer(
         assert await fingerprint(client, f"http://127.0.0.1:{port}") is None
 
 
-async def test_closed_port_is_none_fast(client: httpx.AsyncClient) -> None:
+async def test_closed_port_is_none(
+    client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="nexus.discovery")
     listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
     port = listener.socket.getsockname()[1]
     await listener.aclose()  # nothing listens there now
-    with trio.fail_after(2):  # refused at once, long before the deadline
-        assert await fingerprint(client, f"http://127.0.0.1:{port}", timeout_seconds=30) is None
+    with trio.fail_after(10):  # a guard against a hang
+        assert await fingerprint(client, f"http://127.0.0.1:{port}", timeout_seconds=5) is None
+    # Refused, not timed out: test_a_refusal_ends_the_probe_at_once shows what follows.
+    assert any("cannot connect" in record.getMessage() for record in caplog.records)
 
 
-async def test_silent_server_is_none_within_the_timeout(
-    nursery: trio.Nursery, client: httpx.AsyncClient
-) -> None:
-    async def say_nothing(stream: trio.SocketStream) -> None:
-        async with stream:
-            await trio.sleep_forever()  # accepts, reads nothing, answers nothing
+def virtual_server(
+    answer: Callable[[httpx.Request], Awaitable[httpx.Response]],
+) -> httpx.AsyncClient:
+    """A client whose every request is answered by ``answer``, in this trio run."""
+    return httpx.AsyncClient(transport=httpx.MockTransport(answer))
 
-    listeners = await nursery.start(trio.serve_tcp, say_nothing, 0)
-    port = listeners[0].socket.getsockname()[1]
+
+async def test_a_refusal_ends_the_probe_at_once(autojump_clock: trio.testing.MockClock) -> None:
+    async def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("[Errno 111] Connection refused", request=request)
+
     began = trio.current_time()
-    with trio.fail_after(2):
-        assert await fingerprint(client, f"http://127.0.0.1:{port}", timeout_seconds=0.2) is None
-    assert trio.current_time() - began >= 0.2
+    async with virtual_server(refuse) as client:
+        assert await fingerprint(client, "http://gpu.test:8000", timeout_seconds=30) is None
+    assert trio.current_time() == began  # no wait for the 30 s deadline
 
 
-def only_models(other_paths: str) -> Callable[[trio.SocketStream], Awaitable[None]]:
-    """A raw server answering GET /v1/models with a list; other paths ``hang`` or ``reset``."""
+async def test_silent_server_is_none_at_the_deadline(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async def say_nothing(request: httpx.Request) -> httpx.Response:
+        await trio.sleep_forever()  # connected, asked, never answers
+        raise AssertionError("unreachable")  # pragma: no cover
 
-    async def serve(stream: trio.SocketStream) -> None:
-        async with stream:
-            request = await stream.receive_some(65536)
-            if request.split(b" ")[1] != b"/v1/models":
-                if other_paths == "hang":
-                    await trio.sleep_forever()
-                return  # closed without an answer
-            body = b'{"object":"list","data":[{"id":"m","object":"model"}]}'
-            head = f"HTTP/1.1 200 OK\r\ncontent-length: {len(body)}\r\nconnection: close\r\n\r\n"
-            await stream.send_all(head.encode() + body)
+    began = trio.current_time()
+    async with virtual_server(say_nothing) as client:
+        assert await fingerprint(client, "http://gpu.test:8000", timeout_seconds=5) is None
+    assert trio.current_time() - began == pytest.approx(5)
 
-    return serve
+
+MODELS_ONLY = {"object": "list", "data": [{"id": "m", "object": "model"}]}
+
+
+async def models_then_hang_ups(stream: trio.SocketStream) -> None:
+    """A raw server answering GET /v1/models with a list, closing on any other path."""
+    async with stream:
+        request = await stream.receive_some(65536)
+        if request.split(b" ")[1] != b"/v1/models":
+            return  # closed without an answer
+        body = json.dumps(MODELS_ONLY).encode()
+        head = f"HTTP/1.1 200 OK\r\ncontent-length: {len(body)}\r\nconnection: close\r\n\r\n"
+        await stream.send_all(head.encode() + body)
 
 
 async def test_paths_unanswered_at_the_deadline_are_left_out(
-    nursery: trio.Nursery, client: httpx.AsyncClient
+    autojump_clock: trio.testing.MockClock,
 ) -> None:
-    listeners = await nursery.start(trio.serve_tcp, only_models("hang"), 0)
-    url = f"http://127.0.0.1:{listeners[0].socket.getsockname()[1]}"
-    with trio.fail_after(2):
-        found = await fingerprint(client, url, timeout_seconds=0.2)
-    assert found == Fingerprint(BackendType.GENERIC, None, url)
+    async def models_only(request: httpx.Request) -> httpx.Response:
+        if request.url.path != "/v1/models":
+            await trio.sleep_forever()
+        return httpx.Response(200, json=MODELS_ONLY)
+
+    began = trio.current_time()
+    async with virtual_server(models_only) as client:
+        found = await fingerprint(client, "http://gpu.test:8000", timeout_seconds=5)
+    assert trio.current_time() - began == pytest.approx(5)  # the others were waited for
+    assert found == Fingerprint(BackendType.GENERIC, None, "http://gpu.test:8000")
 
 
 async def test_a_server_breaking_connections_is_none(
@@ -353,7 +384,7 @@ async def test_a_server_breaking_connections_is_none(
 ) -> None:
     # what answered is not trusted when the rest broke: a vLLM stopping mid-probe
     # would otherwise pass for a generic server for want of its /version
-    listeners = await nursery.start(trio.serve_tcp, only_models("reset"), 0)
+    listeners = await nursery.start(trio.serve_tcp, models_then_hang_ups, 0)
     url = f"http://127.0.0.1:{listeners[0].socket.getsockname()[1]}"
-    with trio.fail_after(2):
-        assert await fingerprint(client, url, timeout_seconds=1) is None
+    with trio.fail_after(10):  # a guard against a hang
+        assert await fingerprint(client, url, timeout_seconds=5) is None

@@ -8,6 +8,8 @@ from typing import Any
 import httpx
 import openai
 import pytest
+import trio
+import trio.testing
 
 from nexus_trio.registry import Health
 from nexus_trio.testing import Flavor, SimModel, SimulatedBackend
@@ -122,7 +124,10 @@ async def test_every_candidate_failing_is_502_saying_what_each_did(
 
 
 @pytest.mark.parametrize("stream", [False, True])
-async def test_every_candidate_timing_out_is_504(start_nexus: Any, stream: bool) -> None:
+async def test_every_candidate_timing_out_is_504(
+    start_nexus: Any, stream: bool, loopback_clock: trio.testing.MockClock
+) -> None:
+    # Virtual time: the deadlines pass exactly, and the delays past them cost nothing.
     a, b = sim("a"), sim("b")
     nexus = await start_nexus([a, b], routing=FAST)
     a.faults.delay_before_headers_seconds = b.faults.delay_before_headers_seconds = 5

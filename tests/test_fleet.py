@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 import pytest
 import trio
+import trio.testing
 
 from nexus_trio.api.app import make_app
 from nexus_trio.discovery.found import Found
@@ -73,9 +74,12 @@ async def test_unnamed_discoveries_are_named_by_type_and_address(start_nexus: An
         nursery.cancel_scope.cancel()
 
 
-async def test_goodbye_grace_and_return(start_nexus: Any) -> None:
+async def test_goodbye_grace_and_return(
+    start_nexus: Any, loopback_clock: trio.testing.MockClock
+) -> None:
+    # Virtual time: "within the grace period" holds however slow this machine is.
     server = sim("x", Flavor.VLLM)
-    nexus = await start_nexus([], discovery={"enabled": False, "grace_period_seconds": 0.5})
+    nexus = await start_nexus([], discovery={"enabled": False, "grace_period_seconds": 5})
     fleet, registry = nexus.gateway.fleet, nexus.gateway.registry
     async with trio.open_nursery() as nursery:
         await nursery.start(server.serve)
@@ -92,7 +96,9 @@ async def test_goodbye_grace_and_return(start_nexus: Any) -> None:
 
         events = registry.subscribe()
         fleet.farewell(Found("mdns", server.url, name="gpu", gone=True))
+        said_goodbye = trio.current_time()
         removed = await next_event(events, "backend_removed")
+        assert trio.current_time() - said_goodbye >= 5  # kept for the whole grace period
         assert removed.backend == "gpu"
         assert "gpu" not in registry
         nursery.cancel_scope.cancel()

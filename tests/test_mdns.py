@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 import urllib.parse
 import uuid
 from collections.abc import Mapping
@@ -312,7 +311,13 @@ async def test_handoff_never_raises_on_zeroconf_thread() -> None:
 
 
 async def next_for(receive: trio.MemoryReceiveChannel[Found], name: str) -> Found:
-    """The next report about `name`, skipping anything else on the network (10 s at most)."""
+    """The next report about `name`, skipping anything else on the network.
+
+    Real zeroconf runs on its own threads and real multicast, so time is real here, and the
+    10 s deadline guards against a hang only: an announcement arrives after zeroconf has
+    probed its name (about 1.2 s), a goodbye at once; a backend that leaves without one is
+    remembered for its record's TTL, minutes.
+    """
     with trio.fail_after(10):
         async for item in receive:
             if item.name == name:
@@ -332,17 +337,12 @@ async def test_announce_goodbye_and_announce_again_in_process(nursery: trio.Nurs
     for _ in range(2):  # announce, goodbye, announce again: found again
         info = service_info_for(*info_args, version="b4000")
         advertising = trio.CancelScope()
-        start = time.monotonic()
         nursery.start_soon(advertise_in, advertising, [info])
         seen.append(await next_for(receive, name))
         assert seen[-1] == expected
-        # zeroconf probes the name for ~1.2 s before it announces.
-        assert time.monotonic() - start < 5
-        advertising.cancel()
-        start = time.monotonic()
+        advertising.cancel()  # says goodbye
         seen.append(await next_for(receive, name))
         assert seen[-1] == Found("mdns", expected.url, expected.type, name, gone=True)
-        assert time.monotonic() - start < 5
 
     # Re-announcements and their Updated events were de-duplicated away.
     assert [item.gone for item in seen] == [False, True, False, True]
@@ -393,12 +393,10 @@ async def test_announcer_in_another_process(nursery: trio.Nursery) -> None:
         # Browsing starts after the announcement: the browser's query finds it.
         send, receive = trio.open_memory_channel[Found](64)
         await nursery.start(run_mdns_browser, DiscoverySettings(interfaces=LOOPBACK), send)
-        start = time.monotonic()
         first = await next_for(receive, name)
         assert first == Found(
             "mdns", "http://127.0.0.1:11434", BackendType.OLLAMA, name, models=("llama3:8b",)
         )
-        assert time.monotonic() - start < 5
 
         process.send_signal(signal.SIGTERM)  # a graceful stop says goodbye
         goodbye = await next_for(receive, name)

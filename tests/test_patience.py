@@ -1,10 +1,15 @@
-"""With every backend of a model out of rotation, a request waits briefly for one to return."""
+"""With every backend of a model out of rotation, a request waits briefly for one to return.
+
+Every test runs on virtual time (`loopback_clock`): the waits, probes and deadlines here are
+instant and exact, and a deadline in a test says what Nexus does, not how fast this machine is.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 import trio
+import trio.testing
 
 from helpers import sim
 
@@ -12,7 +17,9 @@ HELLO: dict[str, Any] = {"model": "llama3:8b", "messages": [{"role": "user", "co
 SHORT_EJECTIONS = {"ejection_base_seconds": 0.5}
 
 
-async def test_a_request_waits_for_a_backend_coming_back(start_nexus: Any) -> None:
+async def test_a_request_waits_for_a_backend_coming_back(
+    start_nexus: Any, loopback_clock: trio.testing.MockClock
+) -> None:
     a = sim("a")
     nexus = await start_nexus(
         [a], routing={"wait_for_backend_seconds": 5}, health_check=SHORT_EJECTIONS
@@ -25,20 +32,26 @@ async def test_a_request_waits_for_a_backend_coming_back(start_nexus: Any) -> No
     assert response.headers["x-nexus-backend"] == "a"
 
 
-async def test_a_backend_that_stays_down_gets_the_503_after_the_wait(start_nexus: Any) -> None:
+async def test_a_backend_that_stays_down_gets_the_503_after_the_wait(
+    start_nexus: Any, loopback_clock: trio.testing.MockClock
+) -> None:
     a = sim("a")
-    nexus = await start_nexus([a], routing={"wait_for_backend_seconds": 0.3})
+    nexus = await start_nexus([a], routing={"wait_for_backend_seconds": 5})
     await a.refuse_connections()
     registry = nexus.gateway.registry
     registry.mark_unhealthy(registry.get("a"), "refused")  # its probes keep finding it down
-    with trio.fail_after(3):
+    began = trio.current_time()
+    with trio.fail_after(10):  # virtual: a guard against a hang
         response = await nexus.http.post("/v1/chat/completions", json=HELLO)
+    assert trio.current_time() - began >= 5  # the whole wait, then the answer
     assert response.status_code == 503
     assert response.json()["error"]["code"] == "no_healthy_backend"
     assert response.headers["retry-after"]
 
 
-async def test_busy_is_answered_at_once(start_nexus: Any, nursery: trio.Nursery) -> None:
+async def test_busy_is_answered_at_once(
+    start_nexus: Any, nursery: trio.Nursery, loopback_clock: trio.testing.MockClock
+) -> None:
     a = sim("a", tokens_per_second=5)
     nexus = await start_nexus(
         [a], routing={"wait_for_backend_seconds": 30}, backend_options={"a": {"max_concurrency": 1}}
@@ -54,14 +67,16 @@ async def test_busy_is_answered_at_once(start_nexus: Any, nursery: trio.Nursery)
 
     nursery.start_soon(occupy)
     await started.wait()
-    with trio.fail_after(2):  # not the 30 s wait: busy is not down
+    with trio.fail_after(2):  # virtual: not the 30 s wait, busy is not down
         response = await nexus.http.post("/v1/chat/completions", json=HELLO)
     assert response.status_code == 503
     assert response.json()["error"]["code"] == "backends_busy"
     assert response.headers["retry-after"] == "1"
 
 
-async def test_when_the_last_candidate_fails_one_coming_back_serves(start_nexus: Any) -> None:
+async def test_when_the_last_candidate_fails_one_coming_back_serves(
+    start_nexus: Any, loopback_clock: trio.testing.MockClock
+) -> None:
     a, b = sim("a"), sim("b")
     nexus = await start_nexus(
         [a, b],
@@ -79,7 +94,7 @@ async def test_when_the_last_candidate_fails_one_coming_back_serves(start_nexus:
 
 
 async def test_a_backend_that_failed_is_tried_again_once_it_is_back(
-    start_nexus: Any, nursery: trio.Nursery
+    start_nexus: Any, nursery: trio.Nursery, loopback_clock: trio.testing.MockClock
 ) -> None:
     a, b = sim("a"), sim("b")
     nexus = await start_nexus(
@@ -108,7 +123,9 @@ async def test_a_backend_that_failed_is_tried_again_once_it_is_back(
     assert (a.stats.chat_requests, b.stats.chat_requests) == (2, 1)
 
 
-async def test_a_backend_is_not_tried_twice_while_it_is_out(start_nexus: Any) -> None:
+async def test_a_backend_is_not_tried_twice_while_it_is_out(
+    start_nexus: Any, loopback_clock: trio.testing.MockClock
+) -> None:
     a, b = sim("a"), sim("b")
     nexus = await start_nexus([a, b], routing={"wait_for_backend_seconds": 0.5, "max_attempts": 5})
     await a.refuse_connections()
@@ -121,7 +138,9 @@ async def test_a_backend_is_not_tried_twice_while_it_is_out(start_nexus: Any) ->
     assert history[-1]["attempts"] == 2  # one each, not five
 
 
-async def test_no_new_attempt_after_the_failover_timeout(start_nexus: Any) -> None:
+async def test_no_new_attempt_after_the_failover_timeout(
+    start_nexus: Any, loopback_clock: trio.testing.MockClock
+) -> None:
     a, b = sim("a"), sim("b")
     nexus = await start_nexus(
         [a, b],

@@ -1,4 +1,7 @@
-"""Local port probing: one cycle, the reports between cycles, and the loop on loopback."""
+"""Local port probing: one cycle, the reports between cycles, and the loop on loopback.
+
+The loop runs on virtual time (`loopback_clock`), with 30 s between cycles as in real use.
+"""
 
 from __future__ import annotations
 
@@ -141,20 +144,21 @@ async def test_probe_once(nursery: trio.Nursery, client: httpx.AsyncClient) -> N
 # -- the loop -------------------------------------------------------------------------------------
 
 
-async def test_run_local_probe(nursery: trio.Nursery) -> None:
+async def test_run_local_probe(
+    nursery: trio.Nursery, loopback_clock: trio.testing.MockClock
+) -> None:
     ollama = await start(nursery, Flavor.OLLAMA)
     vllm = await start(nursery, Flavor.VLLM)
     ourselves = await start(nursery, Flavor.GENERIC)  # stands for Nexus on its own port
     closed = await closed_port()
     settings = DiscoverySettings(
-        probe_ports=(ollama.port, vllm.port, closed, ourselves.port),
-        probe_interval_seconds=0.05,
+        probe_ports=(ollama.port, vllm.port, closed, ourselves.port), probe_interval_seconds=30
     )
     announce, inbox = trio.open_memory_channel[Found](16)
     cycles = RequestCounter(ollama.port)
     client = httpx.AsyncClient(trust_env=False, event_hooks={"request": [cycles]})
 
-    with trio.fail_after(10):
+    with trio.fail_after(30 * 20):  # virtual: a guard, past the dozen cycles below
         async with client, trio.open_nursery() as probing:
             await probing.start(
                 partial(run_local_probe, settings, client, announce, own_port=ourselves.port)
@@ -185,27 +189,32 @@ async def test_run_local_probe(nursery: trio.Nursery) -> None:
     announce.send_nowait(Found("probe", "http://x"))  # the caller's channel is left open
 
 
-async def test_nothing_to_probe_starts_and_returns(client: httpx.AsyncClient) -> None:
+async def test_nothing_to_probe_starts_and_returns(
+    client: httpx.AsyncClient, autojump_clock: trio.testing.MockClock
+) -> None:
     announce, inbox = trio.open_memory_channel[Found](1)
     for settings, own_port in [
         (DiscoverySettings(probe_local=False), None),
         (DiscoverySettings(enabled=False), None),
         (DiscoverySettings(probe_ports=(8000,)), 8000),
     ]:
-        with trio.fail_after(1):
-            async with trio.open_nursery() as nursery:
-                await nursery.start(
-                    partial(run_local_probe, settings, client, announce, own_port=own_port)
-                )
+        began = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(
+                partial(run_local_probe, settings, client, announce, own_port=own_port)
+            )
+        assert trio.current_time() == began  # returned at once, not after an interval
     assert drain(inbox) == []
 
 
-async def test_stops_when_nobody_listens(nursery: trio.Nursery, client: httpx.AsyncClient) -> None:
+async def test_stops_when_nobody_listens(
+    nursery: trio.Nursery, client: httpx.AsyncClient, loopback_clock: trio.testing.MockClock
+) -> None:
     ollama = await start(nursery, Flavor.OLLAMA)
     announce, inbox = trio.open_memory_channel[Found](0)
     await inbox.aclose()  # the registry has gone
-    settings = DiscoverySettings(probe_ports=(ollama.port,), probe_interval_seconds=0.05)
-    with trio.fail_after(5):
+    settings = DiscoverySettings(probe_ports=(ollama.port,), probe_interval_seconds=30)
+    with trio.fail_after(600):  # virtual: a guard against a hang
         async with trio.open_nursery() as inner:
             await inner.start(partial(run_local_probe, settings, client, announce, own_port=None))
     # returned by itself: the inner nursery closed without being cancelled

@@ -1,10 +1,15 @@
-"""Each health cycle refreshes what backends can do and what they have loaded."""
+"""Each health cycle refreshes what backends can do and what they have loaded.
+
+On virtual time (`loopback_clock`): health cycles come every 10 s, as by default, and a
+test waits for the one that sees the change without waiting 10 real seconds.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 import trio
+import trio.testing
 
 from nexus_trio.registry import RegistryEvent
 from nexus_trio.testing import Flavor, SimModel
@@ -23,22 +28,21 @@ IMAGE: dict[str, Any] = {
         }
     ],
 }
-FAST_CHECKS = {"interval_seconds": 0.2}
 
 
 async def models_changed(events: trio.MemoryReceiveChannel[RegistryEvent], backend: str) -> None:
-    with trio.fail_after(10):
+    with trio.fail_after(60):  # virtual: a guard, a few health cycles long
         async for event in events:
             if event.kind == "models" and event.backend == backend:
                 return
 
 
 async def test_a_model_that_gains_vision_is_routable_for_images_next_cycle(
-    start_nexus: Any,
+    start_nexus: Any, loopback_clock: trio.testing.MockClock
 ) -> None:
     server = sim("box", Flavor.OLLAMA, "llava:7b")
     server.set_models([SimModel("llava:7b", vision=False)])
-    nexus = await start_nexus([server], health_check=FAST_CHECKS)
+    nexus = await start_nexus([server])
     refused = await nexus.http.post("/v1/chat/completions", json=IMAGE)
     assert refused.status_code == 400
     assert refused.json()["error"]["code"] == "model_not_capable"
@@ -51,9 +55,11 @@ async def test_a_model_that_gains_vision_is_routable_for_images_next_cycle(
     assert served.headers["x-nexus-backend"] == "box"
 
 
-async def test_a_model_added_on_the_backend_appears_in_the_listing(start_nexus: Any) -> None:
+async def test_a_model_added_on_the_backend_appears_in_the_listing(
+    start_nexus: Any, loopback_clock: trio.testing.MockClock
+) -> None:
     server = sim("box", Flavor.VLLM, "llama3:8b")
-    nexus = await start_nexus([server], health_check=FAST_CHECKS)
+    nexus = await start_nexus([server])
     events = nexus.gateway.registry.subscribe()
     server.set_models([SimModel("llama3:8b"), SimModel("phi3:mini")])
     await models_changed(events, "box")

@@ -539,7 +539,7 @@ async def test_fault_status(nursery: trio.Nursery) -> None:
 
 
 async def test_fault_delay_before_headers(
-    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+    nursery: trio.Nursery, loopback_clock: trio.testing.MockClock
 ) -> None:
     sim = await start(nursery)
     sim.faults.delay_before_headers_seconds = 7.5
@@ -580,7 +580,7 @@ async def test_fault_die_without_answer(nursery: trio.Nursery) -> None:
 
 
 async def test_fault_stall_then_client_leaves(
-    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+    nursery: trio.Nursery, loopback_clock: trio.testing.MockClock
 ) -> None:
     sim = await start(nursery, faults=Faults(stall_after_chunks=2))
     received: list[str] = []
@@ -653,7 +653,7 @@ async def test_refuse_then_accept_on_the_same_port(nursery: trio.Nursery) -> Non
 
 
 async def test_refusing_closes_open_streams(
-    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+    nursery: trio.Nursery, loopback_clock: trio.testing.MockClock
 ) -> None:
     sim = await start(nursery, faults=Faults(stall_after_chunks=1))
     async with (
@@ -672,7 +672,7 @@ async def test_refusing_closes_open_streams(
 
 
 async def test_client_disconnect_mid_stream_is_counted(
-    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+    nursery: trio.Nursery, loopback_clock: trio.testing.MockClock
 ) -> None:
     sim = await start(nursery, tokens_per_second=20)
     async with (
@@ -723,7 +723,7 @@ async def test_keep_alive_serves_requests_in_turn(nursery: trio.Nursery) -> None
 
 
 async def test_cancelling_serve_closes_everything(
-    autojump_clock: trio.testing.MockClock,
+    loopback_clock: trio.testing.MockClock,
 ) -> None:
     sim = SimulatedBackend(
         Flavor.VLLM, [SimModel("llama3:8b")], faults=Faults(stall_after_chunks=0)

@@ -53,13 +53,18 @@ Invariants, after every step:
   hypercorn task behind (the whole task tree is walked from the root). A program still
   running after ``EXAMPLE_DEADLINE`` fails with that tree, each task with where it waits.
 
-Time is real, not an autojump clock (the sockets are real): deadlines are short (first
-token 0.5 s, between events 0.3 s, a whole JSON answer 0.5 s, probes every 0.2 s, a failed
-request's ejection 0.2 s, doubling up to 1 s) and the simulators answer at once or at 100
-tokens/s, so the 3 explicit and 25 generated examples of 5–14 steps (about 200 requests)
-take about 40 s on two cores, derandomized so CI runs the same programs every time. No
-invariant depends on timing: an answer is owed only when a clean backend was routable from
-start to end, which no scheduling can undo.
+Time is virtual (`helpers.loopback_clock`): the clock jumps to the next deadline once every
+task has been waiting for 10 ms of real time, the threshold the real loopback sockets need.
+The deadlines (first token 0.5 s, between events 0.3 s, probes every 0.2 s, a failed
+request's ejection 0.2 s, doubling up to 1 s), the simulators' pace (at once, or 100
+tokens/s) and the bounds the checks put on recovery, rest and shutdown are exact, however
+loaded the machine: a stalled process does not move the clock, so a clean backend cannot
+miss a deadline for want of CPU. The 3 explicit
+and 25 generated examples of 5–14 steps (about 200 requests, 5 virtual seconds at most each)
+take about 40 s on two cores, most of it the threshold paid at each paced token, and are
+derandomized so CI runs the same programs every time. No invariant depends on timing: an
+answer is owed only when a clean backend was routable from start to end, which no
+scheduling can undo.
 """
 
 from __future__ import annotations
@@ -76,7 +81,7 @@ from typing import Any, Literal
 import httpx
 import trio
 import trio.testing
-from hypothesis import HealthCheck, currently_in_test_context, example, given, note, settings
+from hypothesis import currently_in_test_context, example, given, note, settings
 from hypothesis import strategies as st
 
 from nexus_trio.config import BackendType, settings_from_mapping
@@ -88,15 +93,15 @@ from nexus_trio.registry import Backend, Registry
 from nexus_trio.supervisor import serve_nexus
 from nexus_trio.testing import Faults, Flavor, SimModel, SimulatedBackend, expected_answer
 
-from helpers import nexus_config
+from helpers import loopback_clock, nexus_config
 
 MODEL = "llama3:8b"
 NAMES = ("a", "b", "c", "d", "e")
 FLAVORS = (Flavor.OLLAMA, Flavor.VLLM, Flavor.LLAMACPP, Flavor.VLLM, Flavor.OLLAMA)
 CONFIGURED = 3  # a, b and c are in the config; d and e wait to be announced
 SLOW_RATE = 100.0  # tokens/s: a stream lasts 0.25–0.5 s, long enough to break it midway
-# Short, so that a stalled fleet costs little: the simulators answer JSON at once and
-# stream at most 10 ms apart, so a clean backend is nowhere near any of them.
+# Short, so that programs stay short: the simulators answer JSON at once and stream at
+# most 10 ms apart (virtual), so a clean backend is nowhere near any of them.
 TIMEOUTS = {"first_token_seconds": 0.5, "stream_idle_seconds": 0.3, "request_seconds": 30}
 DELAY_SECONDS = 0.7  # past the first-token and whole-answer deadlines
 HEALTH_INTERVAL_SECONDS = 0.2
@@ -112,7 +117,7 @@ FIRST_TOKEN_WAIT = 2.0  # how long a `During` step waits for a stream to commit
 REST_DEADLINE = 3.0  # bookkeeping after the client's last byte (upstream drain ≤ 1 s)
 RECOVERY_DEADLINE = 3.0
 SHUTDOWN_DEADLINE = 5.0
-EXAMPLE_DEADLINE = 120.0  # a whole program, far past the slowest seen (about 10 s)
+EXAMPLE_DEADLINE = 120.0  # a whole program, far past the slowest seen (about 5 s)
 POLL_SECONDS = 0.02
 
 # What a client may hear when no backend could answer (DESIGN.md, "Contracts"): no backend
@@ -879,7 +884,7 @@ async def run_fleet(plan: FleetPlan, program: Sequence[Step]) -> None:
 def run_example(plan: FleetPlan, program: Sequence[Step]) -> None:
     """One trio run; the first failure comes out as itself, not in exception groups."""
     try:
-        trio.run(run_program, plan, program)
+        trio.run(run_program, plan, program, clock=loopback_clock())
     except BaseExceptionGroup as group:
         leaf: BaseException = group
         while isinstance(leaf, BaseExceptionGroup) and len(leaf.exceptions) == 1:
@@ -907,13 +912,7 @@ ALL_SLOW = FleetPlan(rates=(SLOW_RATE,) * len(NAMES), strategy="smart", hedge_af
     [Break(0, "delay"), Break(1, "delay"), Ask((True, True, False)), During(1, Break(2, "die", 4),
      at_serving=False), Idle(0.25), Ask((True,))],
 )  # fmt: skip
-@settings(
-    max_examples=25,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+@settings(max_examples=25, deadline=None, derandomize=True, database=None)
 @given(plan=FLEETS, program=PROGRAMS)
 def test_the_fleet_can_fail_in_any_order_and_no_request_is_lost(
     plan: FleetPlan, program: list[Step]

@@ -13,6 +13,11 @@ while idle), is closed instead of reused. A response read to its end returns its
 to the pool; one closed early (a client gone, a failover, a deadline) closes it, since its
 rest is still on the wire.
 
+The function that opens a TCP connection can be swapped (`Http1Pool`'s ``connect``): tests
+hand the pool one end of a socket pair and script the server on the other, so deadlines run
+on trio's mock clock. The idle check needs no such seam: it reads `trio.current_time`, which
+follows the run's clock, mock or not.
+
 Failures raise httpx's transport errors (`httpx.ConnectError`, `httpx.ReadError`, ...), the
 vocabulary `nexus_trio.upstream.client.translate_httpx_error` turns into Nexus's own: one
 translation for both clients.
@@ -22,7 +27,7 @@ from __future__ import annotations
 
 import functools
 import ssl
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Final
 from urllib.parse import urlsplit
 
@@ -30,7 +35,7 @@ import h11
 import httpx
 import trio
 
-__all__ = ["Http1Pool", "Http1Response"]
+__all__ = ["Connect", "Http1Pool", "Http1Response"]
 
 # Idle connections older than this are not reused: servers close idle keep-alive
 # connections on their own schedule (uvicorn after 5 s, Go's net/http after 90 s, ...),
@@ -41,6 +46,11 @@ RECEIVE_BYTES: Final = 65_536
 USER_AGENT: Final = "nexus-trio"
 
 Origin = tuple[str, str, int]  # scheme, host, port
+
+Connect = Callable[[str, int], Awaitable[trio.SocketStream]]
+"""Opens a TCP connection to (host, port); `trio.open_tcp_stream` unless a test says
+otherwise. A socket, not any stream: the pool closes it without waiting and asks it whether
+the server has hung up while it was idle."""
 
 
 def _as_httpx(exc: BaseException, broken: type[httpx.TransportError]) -> BaseException:
@@ -166,11 +176,34 @@ class Http1Response:
 
 
 class Http1Pool:
-    """Kept-alive HTTP/1.1 connections to every backend, for chat requests."""
+    """Kept-alive HTTP/1.1 connections to every backend, for chat requests.
 
-    def __init__(self, connect_timeout_seconds: float, tls: ssl.SSLContext) -> None:
+    Args:
+        connect_timeout_seconds: how long a new connection (TCP, and TLS for ``https``)
+            may take before `httpx.ConnectTimeout`.
+        tls: the context ``https`` backends are checked against.
+        connect: opens the TCP connection; `trio.open_tcp_stream` by default.
+
+    Example::
+
+        pool = Http1Pool(5.0, ssl.create_default_context())
+        response = await pool.post(url, {"content-type": "application/json"}, body)
+        try:
+            answer = await response.aread()
+        finally:
+            await response.aclose()
+    """
+
+    def __init__(
+        self,
+        connect_timeout_seconds: float,
+        tls: ssl.SSLContext,
+        *,
+        connect: Connect = trio.open_tcp_stream,
+    ) -> None:
         self._connect_timeout = connect_timeout_seconds
         self._tls = tls
+        self._open_tcp = connect
         self._idle: dict[Origin, list[_Connection]] = {}
         self._closed = False
 
@@ -225,7 +258,7 @@ class Http1Pool:
         scheme, host, port = origin
         try:
             with trio.fail_after(self._connect_timeout):
-                tcp = await trio.open_tcp_stream(host, port)
+                tcp = await self._open_tcp(host, port)
                 stream: trio.abc.Stream = tcp
                 if scheme == "https":
                     tls = trio.SSLStream(tcp, self._tls, server_hostname=host,
