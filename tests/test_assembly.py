@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from nexus_trio.dialects.assembly import ChatAssembler
 from nexus_trio.proxy.sse import SSEParser
-from nexus_trio.proxy.tracker import StreamTracker
+from nexus_trio.proxy.tracker import StreamTracker, carries_answer
 from nexus_trio.testing import Flavor, SimModel
 from nexus_trio.testing._completions import (
     FINGERPRINTS,
@@ -138,7 +138,9 @@ def test_the_simulated_servers_stream_assembles_into_their_own_completion(
     offset = 0
     for size in [*cuts, len(wire)]:
         for event in parser.feed(wire[offset : offset + size]):
-            for parsed in tracker.admit(event, "sim").chunks:
+            admitted = tracker.admit(event, "sim")
+            assert carries_answer(event, "sim") is admitted.says  # the first-token check
+            for parsed in admitted.chunks:
                 assembler.add(parsed)
         offset += size
     assert tracker.finished

@@ -28,7 +28,7 @@ from nexus_trio.config import TimeoutSettings
 from nexus_trio.errors import BackendError, BackendProtocolError, BackendStatus, BackendTimeout
 from nexus_trio.proxy.exchange import Exchange
 from nexus_trio.proxy.sse import SSEEvent, SSEParser
-from nexus_trio.proxy.tracker import Admitted, StreamTracker
+from nexus_trio.proxy.tracker import Admitted, StreamTracker, carries_answer
 from nexus_trio.proxy.writer import WholeAnswer
 from nexus_trio.registry import Slot
 from nexus_trio.routing.router import Candidate
@@ -151,7 +151,6 @@ async def open_stream(
                                        await response.aread())  # fmt: skip
                 stream = OpenStream(candidate, slot, response, response.aiter_bytes(),
                                     SSEParser(), timeouts)  # fmt: skip
-                probe = StreamTracker()  # only to tell when the first token has come
                 while True:
                     try:
                         data = await anext(stream.chunks)
@@ -161,7 +160,7 @@ async def open_stream(
                         ) from None
                     events = stream.parser.feed(data)
                     stream.head += events
-                    if any(probe.admit(e, backend.name).says for e in events):
+                    if any(carries_answer(e, backend.name) for e in events):
                         stream.ttft_seconds = trio.current_time() - started
                         handed_over = True
                         return stream

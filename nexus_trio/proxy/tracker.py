@@ -27,7 +27,7 @@ from typing import Any
 from nexus_trio.errors import BackendError, BackendProtocolError
 from nexus_trio.proxy.sse import DONE_EVENT, SSEEvent, data_event
 
-__all__ = ["Admitted", "Chunk", "StreamTracker", "add_usage"]
+__all__ = ["Admitted", "Chunk", "StreamTracker", "add_usage", "carries_answer"]
 
 Chunk = dict[str, Any]  # one ``chat.completion.chunk`` object
 _ANSWER_KEYS = ("content", "tool_calls", "function_call", "refusal", "reasoning_content",
@@ -43,6 +43,22 @@ def _says_something(choice: object) -> bool:
         return True
     delta = choice.get("delta")
     return isinstance(delta, dict) and any(delta.get(key) for key in _ANSWER_KEYS)
+
+
+def carries_answer(event: SSEEvent, backend: str) -> bool:
+    """Whether an upstream event carries part of the answer, so that a stream may commit on
+    it: what `StreamTracker.admit` says of it, without keeping anything.
+
+    Raises:
+        BackendError: an in-band error event, or data that is not a JSON object.
+    """
+    if event.data is None:
+        return False
+    if event.is_done:
+        return True
+    choices = _parse(event, backend).get("choices")
+    # A chunk without choices is the usage, which comes only after the answer.
+    return not (isinstance(choices, list) and choices) or any(map(_says_something, choices))
 
 
 @dataclass(slots=True)
