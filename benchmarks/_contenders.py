@@ -312,8 +312,11 @@ def nexus_command() -> list[str]:
     return [sys.executable, "-m", "nexus_trio"]
 
 
-def start_nexus(group: ProcessGroup, upstream: str, tmp: Path) -> Contender:
-    contender = Contender("nexus")
+def start_nexus(
+    group: ProcessGroup, upstream: str, tmp: Path, *, name: str = "nexus", extra: str = ""
+) -> Contender:
+    """``nexus serve`` in front of ``upstream``; ``extra`` is TOML added to its config."""
+    contender = Contender(name)
     try:
         import nexus_trio
     except ImportError as exc:
@@ -321,9 +324,9 @@ def start_nexus(group: ProcessGroup, upstream: str, tmp: Path) -> Contender:
         return contender
     contender.version = nexus_trio.__version__
     port = free_port()
-    conf = tmp / "nexus.toml"
-    conf.write_text(NEXUS_CONF.format(port=port, upstream=upstream))
-    log = tmp / "nexus.log"
+    conf = tmp / f"{name}.toml"
+    conf.write_text(NEXUS_CONF.format(port=port, upstream=upstream) + extra)
+    log = tmp / f"{name}.log"
     return _launch(
         group, contender, port, 30, log,
         [*pin(SERVER_CORE), *nexus_command(), "serve", "--config", str(conf)], cwd=tmp,

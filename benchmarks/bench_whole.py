@@ -4,7 +4,7 @@
 through), in front of the suite's upstream answering ``bench-whole`` (an answer that takes
 no time to generate, in either shape).
 
-Both run at once, on the same core, and are measured in interleaved rounds of sequential
+Both run at once, on the server core, and are measured in interleaved rounds of sequential
 requests with the upstream alone (``direct``) as the floor; what each adds is its median
 latency minus the floor's in the same round, and the cost of the one upstream path is the
 median over rounds of the difference between the two.
@@ -19,77 +19,37 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import _contenders as procs
 import _environment
-import httpx
-from _contenders import CLIENT_CORE, SERVER_CORE, free_port, pin
+import trio
+from _load import sequential_latency
 
 RESULTS = Path(__file__).parent / "results"
-BODY = {"model": "bench-whole", "messages": [{"role": "user", "content": "Say something short."}]}
-CONFIG = """[server]
-host = "127.0.0.1"
-port = {port}
-[discovery]
-enabled = false
-probe_local = false
-interfaces = ["127.0.0.1"]
-[logging]
-level = "warning"
-[routing]
-stream_upstream = {stream_upstream}
-[[backends]]
-name = "bench"
-url = "{upstream}"
-type = "generic"
-"""
+WARMUP = 100
 
 
-def start_nexus(
-    upstream: str, stream_upstream: bool, tmp: Path
-) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    config = tmp / f"nexus-{stream_upstream}.toml"
-    config.write_text(CONFIG.format(port=port, upstream=upstream,
-                                    stream_upstream=str(stream_upstream).lower()))  # fmt: skip
-    command = [
-        *pin(SERVER_CORE),
-        sys.executable,
-        "-m",
-        "nexus_trio",
-        "serve",
-        "--config",
-        str(config),
-    ]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.post(url + "/v1/chat/completions", json=BODY, timeout=2).status_code == 200:
-                return process, url
-        except httpx.HTTPError:
-            time.sleep(0.05)  # polling a process that is starting
-    process.kill()
-    raise SystemExit(f"nexus (stream_upstream={stream_upstream}) did not start")
-
-
-def median_ms(url: str, requests: int) -> float:
-    samples = []
-    with httpx.Client(base_url=url, timeout=30) as client:
-        for _ in range(100):  # warm the connections
-            client.post("/v1/chat/completions", json=BODY)
-        for _ in range(requests):
-            began = time.perf_counter()
-            response = client.post("/v1/chat/completions", json=BODY)
-            samples.append(time.perf_counter() - began)
-            if response.status_code != 200 or "choices" not in response.json():
-                raise SystemExit(f"{url} answered {response.status_code}: {response.text[:200]}")
-    return statistics.median(samples) * 1000
+async def measure(
+    contenders: list[procs.Contender], rounds: int, requests: int
+) -> list[dict[str, float]]:
+    """Per round, each contender's median latency minus the floor's (the first), in ms."""
+    table = []
+    for index in range(rounds):
+        medians = {}
+        for contender in contenders:
+            result = await sequential_latency(contender, requests, WARMUP)
+            if result["errors"]:
+                raise SystemExit(f"{contender.name}: {result['errors']} requests failed")
+            medians[contender.name] = result["p50_ms"]
+        floor = medians.pop(contenders[0].name)
+        row = {"direct_ms": floor, **{f"added_ms_{k}": v - floor for k, v in medians.items()}}
+        table.append(row)
+        print(f"round {index + 1}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items()))
+    return table
 
 
 def main() -> None:
@@ -98,35 +58,29 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=1500, help="per contender per round")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="nexus-whole-"))
-    upstream_process = subprocess.Popen(
-        [*pin(CLIENT_CORE), sys.executable, str(Path(__file__).parent / "_upstream.py")],
-        stdout=subprocess.PIPE,
-    )
-    assert upstream_process.stdout is not None
-    upstream = upstream_process.stdout.readline().decode().strip()
-    nexus = {on: start_nexus(upstream, on, tmp) for on in (True, False)}
-    rounds: list[dict[str, float]] = []
+    group = procs.ProcessGroup()
     try:
-        for index in range(args.rounds):
-            floor = median_ms(upstream, args.requests)
-            row = {"direct_ms": floor}
-            for on, (_, url) in nexus.items():
-                row[f"added_ms_stream_upstream_{str(on).lower()}"] = (
-                    median_ms(url, args.requests) - floor
-                )
-            rounds.append(row)
-            print(f"round {index + 1}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items()))
+        upstream, _ = procs.start_upstream(group, chunks=200, short_chunks=10, period=0.01)
+        contenders = [procs.Contender("direct", url=upstream)]
+        for on in ("true", "false"):
+            nexus = procs.start_nexus(
+                group, upstream, tmp, name=f"stream_upstream_{on}",
+                extra=f"\n[routing]\nstream_upstream = {on}\n",
+            )  # fmt: skip
+            if nexus.missing:
+                raise SystemExit(nexus.missing)
+            contenders.append(nexus)
+        rounds = trio.run(measure, contenders, args.rounds, args.requests)
     finally:
-        for process, _ in nexus.values():
-            process.terminate()
-        upstream_process.terminate()
+        group.close()
     on = [r["added_ms_stream_upstream_true"] for r in rounds]
     off = [r["added_ms_stream_upstream_false"] for r in rounds]
-    cost = statistics.median(a - b for a, b in zip(on, off, strict=True))
     summary = {
         "added_ms_stream_upstream_true": statistics.median(on),
         "added_ms_stream_upstream_false": statistics.median(off),
-        "cost_of_streaming_upstream_ms": cost,
+        "cost_of_streaming_upstream_ms": statistics.median(
+            a - b for a, b in zip(on, off, strict=True)
+        ),
     }
     print(", ".join(f"{k} {v:.3f}" for k, v in summary.items()))
     RESULTS.mkdir(exist_ok=True)
