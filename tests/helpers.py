@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import anthropic
 import httpx
 import openai
 import trio
@@ -23,7 +24,7 @@ class Running:
     gateway: Gateway
     http: httpx.AsyncClient
     stop: trio.Event
-    sdk_clients: list[openai.AsyncOpenAI] = field(default_factory=list)
+    sdk_clients: list[openai.AsyncOpenAI | anthropic.AsyncAnthropic] = field(default_factory=list)
 
     @property
     def url(self) -> str:
@@ -33,6 +34,14 @@ class Running:
         # No SDK retries: a test must see what Nexus itself answered.
         client = openai.AsyncOpenAI(
             base_url=self.url + "/v1", api_key="not-needed", max_retries=0, **kwargs
+        )
+        self.sdk_clients.append(client)
+        return client
+
+    def anthropic(self, **kwargs: Any) -> anthropic.AsyncAnthropic:
+        # No SDK retries, as above; any key (Nexus takes none unless configured to).
+        client = anthropic.AsyncAnthropic(
+            base_url=self.url, api_key="not-needed", max_retries=0, **kwargs
         )
         self.sdk_clients.append(client)
         return client

@@ -23,7 +23,7 @@ from nexus_trio.api.dashboard import make_dashboard_blueprint
 from nexus_trio.api.frame import ASGIDownstream, serve_inference
 from nexus_trio.api.observe import make_observe_blueprint
 from nexus_trio.catalog import listed_models, model_entry
-from nexus_trio.dialects import CHAT
+from nexus_trio.dialects import CHAT, Dialect
 from nexus_trio.errors import ModelNotFound, NexusError, error_body
 from nexus_trio.gateway import Gateway
 from nexus_trio.routing.router import nearest_models
@@ -154,24 +154,27 @@ def make_quart_app(gateway: Gateway) -> QuartTrio:
 def make_app(gateway: Gateway) -> Any:
     """The ASGI callable hypercorn serves."""
     quart_app = make_quart_app(gateway)
+    # The inference APIs, each served by the one request pipeline with its dialect. A
+    # query string (Claude Code's ``?beta=true``) is not part of the ASGI path.
+    inference: dict[str, Dialect] = {CHAT_PATH: CHAT}
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["path"] == CHAT_PATH:
-            if scope["method"] == "POST":
-                await serve_inference(gateway, CHAT, scope, receive, send)
-            else:
-                await ASGIDownstream(send).respond(
-                    405,
-                    [("content-type", "application/json"), ("allow", "POST")],
-                    json.dumps(
-                        error_body(
-                            f"{CHAT_PATH} only accepts POST.",
-                            "invalid_request_error",
-                            code="method_not_allowed",
-                        )
-                    ).encode(),
-                )
-            return
-        await quart_app(scope, receive, send)  # type: ignore[arg-type]
+        dialect = inference.get(scope["path"]) if scope["type"] == "http" else None
+        if dialect is None:
+            await quart_app(scope, receive, send)  # type: ignore[arg-type]
+        elif scope["method"] == "POST":
+            await serve_inference(gateway, dialect, scope, receive, send)
+        else:
+            await ASGIDownstream(send).respond(
+                405,
+                [("content-type", "application/json"), ("allow", "POST")],
+                json.dumps(
+                    error_body(
+                        f"{scope['path']} only accepts POST.",
+                        "invalid_request_error",
+                        code="method_not_allowed",
+                    )
+                ).encode(),
+            )
 
     return app

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["ChatAssembler"]
+__all__ = ["ChatAssembler", "chunks_of"]
 
 # Streamed text fields of a delta, joined into the message under the same name.
 _TEXT_KEYS = ("content", "reasoning_content", "reasoning", "refusal")
@@ -147,3 +147,34 @@ class ChatAssembler:
         if usage:
             body["usage"] = dict(usage)
         return body
+
+
+def chunks_of(completion: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The stream a whole ``chat.completion`` would have been: per choice, one chunk with
+    the message as its delta (tool calls indexed), then one with its finish reason. For
+    writers that translate streams and get a backend's whole answer instead (a server that
+    ignored ``"stream": true``). Usage is not among the chunks: the proxy reports it.
+    """
+    head = {
+        "id": completion.get("id"), "object": "chat.completion.chunk",
+        "created": completion.get("created"), "model": completion.get("model"),
+    }  # fmt: skip
+    choices = completion.get("choices")
+    chunks: list[dict[str, Any]] = []
+    for position, choice in enumerate(choices if isinstance(choices, list) else []):
+        if not isinstance(choice, dict):
+            continue
+        index = choice.get("index", position)
+        message = choice.get("message")
+        delta = dict(message) if isinstance(message, dict) else {}
+        calls = delta.get("tool_calls")
+        if isinstance(calls, list):
+            delta["tool_calls"] = [
+                {**call, "index": i} for i, call in enumerate(calls) if isinstance(call, dict)
+            ]
+        chunks.append({**head, "choices": [{"index": index, "delta": delta,
+                                            "finish_reason": None}]})  # fmt: skip
+        finish = choice.get("finish_reason")
+        chunks.append({**head, "choices": [{"index": index, "delta": {},
+                                            "finish_reason": finish}]})  # fmt: skip
+    return chunks

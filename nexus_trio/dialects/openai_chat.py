@@ -37,6 +37,7 @@ __all__ = [
     "OpenAIJSONWriter",
     "OpenAIStreamWriter",
     "answer_error",
+    "chat_requirements",
     "parse_chat_request",
 ]
 
@@ -148,24 +149,8 @@ def parse_chat_request(body: bytes, routing: RoutingSettings) -> ChatRequest:
             '\'response_format\' must be an object such as {"type": "json_object"}.',
             "response_format",
         )
-    wants_json = isinstance(response_format, dict) and response_format.get("type") in (
-        "json_object",
-        "json_schema",
-    )
 
-    completion = max(
-        _optional_positive_int(payload, "max_tokens"),
-        _optional_positive_int(payload, "max_completion_tokens"),
-    )
-    vision, text_bytes = _content_needs(messages)
-    needs = Requirements(
-        model=model,
-        stream=stream,
-        vision=vision,
-        tools=bool(tools) and payload.get("tool_choice") != "none",
-        json=wants_json,
-        context_tokens=text_bytes // BYTES_PER_TOKEN + completion,
-    )
+    needs = chat_requirements(payload, model, stream)
     if not stream and not (routing.stream_upstream and _assemblable(payload)):
         return ChatRequest(body=body, payload=payload, needs=needs)
     options = payload.get("stream_options")
@@ -191,6 +176,35 @@ def parse_chat_request(body: bytes, routing: RoutingSettings) -> ChatRequest:
         body = json.dumps(asking).encode()
     return ChatRequest(body=body, payload=asking, needs=needs, streamed_upstream=True,
                        client_wants_usage=False)  # fmt: skip
+
+
+def chat_requirements(payload: dict[str, Any], model: str, stream: bool) -> Requirements:
+    """What a backend must offer to answer the chat request ``payload`` (already checked:
+    ``messages`` a list, ``tools`` a list or absent): vision for an image part, tools
+    unless ``tool_choice`` is "none", JSON output, and a context that holds the prompt
+    (estimated) and the requested completion.
+
+    Raises:
+        RequestError: a message, or ``max_tokens``, is not well formed.
+    """
+    completion = max(
+        _optional_positive_int(payload, "max_tokens"),
+        _optional_positive_int(payload, "max_completion_tokens"),
+    )
+    response_format = payload.get("response_format")
+    wants_json = isinstance(response_format, dict) and response_format.get("type") in (
+        "json_object",
+        "json_schema",
+    )
+    vision, text_bytes = _content_needs(payload["messages"])
+    return Requirements(
+        model=model,
+        stream=stream,
+        vision=vision,
+        tools=bool(payload.get("tools")) and payload.get("tool_choice") != "none",
+        json=wants_json,
+        context_tokens=text_bytes // BYTES_PER_TOKEN + completion,
+    )
 
 
 def _assemblable(payload: dict[str, Any]) -> bool:
@@ -222,6 +236,9 @@ class _OpenAIWriter:
     @property
     def sent(self) -> bool:
         return self._downstream.started
+
+    async def keep_alive(self) -> None:
+        pass
 
     async def note(self, text: str) -> None:
         pass

@@ -10,7 +10,11 @@ status and a body) or after it (what that API sends mid-answer).
 The proxy calls, in order: `Writer.begin` once, at the commit point (a backend has
 produced its first token and serves the answer); `Writer.send` per batch of admitted
 events; `Writer.note` when a continuation takes over; then exactly one of
-`Writer.end`, `Writer.fail` or `Writer.pass_through`.
+`Writer.end`, `Writer.fail` or `Writer.pass_through`. Beside them, from another task, the
+request pipeline calls `Writer.keep_alive` every `KEEP_ALIVE_SECONDS` until the request
+ends: an API whose clients expect a sign of life
+while the answer is prepared (Anthropic's ``ping``) may start its response there; a
+writer that writes from both tasks orders its writes itself.
 """
 
 from __future__ import annotations
@@ -23,9 +27,13 @@ from nexus_trio.errors import NexusError
 from nexus_trio.proxy.tracker import Admitted
 from nexus_trio.routing.router import Candidate
 
-__all__ = ["Headers", "WholeAnswer", "Writer", "nexus_headers"]
+__all__ = ["KEEP_ALIVE_SECONDS", "Headers", "WholeAnswer", "Writer", "nexus_headers"]
 
 Headers = list[tuple[str, str]]
+
+# How often a request that no backend has begun to answer yet asks its writer for a sign
+# of life (Anthropic's stream sends ``ping`` "while waiting"; clients time out on silence).
+KEEP_ALIVE_SECONDS = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +60,10 @@ class Writer(Protocol):
 
     async def send(self, batch: Sequence[Admitted]) -> None:
         """More of the answer (events that carry nothing are passed too)."""
+
+    async def keep_alive(self) -> None:
+        """Another `KEEP_ALIVE_SECONDS` have passed (writers that have begun, or whose
+        API has no sign of life, do nothing)."""
 
     async def note(self, text: str) -> None:
         """Something people reading the wire may want to know (a continuation began);

@@ -40,6 +40,10 @@ class ChatRequest:
     # A stream always asks its backend for usage (Nexus counts every request's tokens);
     # this says whether the client asked too, and so gets the usage chunk.
     client_wants_usage: bool = True
+    # What the client's dialect needs again to write the answer in its own shape (the
+    # Anthropic or Responses request as the client sent it, its tool-call ids); None for
+    # OpenAI chat, whose answer is the backend's own. Opaque here: only its writer reads it.
+    origin: Any = None
 
     def body_for(self, model: str) -> bytes:
         """The body to send upstream: the client's bytes, unless the model name must change."""
