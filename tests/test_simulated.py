@@ -392,6 +392,37 @@ async def test_tool_call_streamed(nursery: trio.Nursery) -> None:
     assert chunks[-1].choices[0].finish_reason == "tool_calls"
 
 
+async def test_fixed_tool_arguments_pick_their_tool_and_fill_its_call(
+    nursery: trio.Nursery,
+) -> None:
+    fixed = {"city": "Lyon", "days": 3, "nested": {"deep": [1, "two"]}}
+    sim = await start(nursery, tool_arguments={"get_weather": fixed})
+    named = {"type": "function", "function": {"name": "get_time"}}
+    async with sdk(sim) as client:
+        chunks = await stream_texts(
+            client, model="llama3:8b", messages=MESSAGES, tools=[CLOCK, WEATHER]
+        )
+        chosen = await client.chat.completions.create(
+            model="llama3:8b", messages=MESSAGES, tools=[CLOCK, WEATHER], tool_choice=named
+        )
+        other = await client.chat.completions.create(
+            model="llama3:8b", messages=MESSAGES, tools=[CLOCK]
+        )
+    (head,) = chunks[0].choices[0].delta.tool_calls or []
+    assert head.function is not None
+    assert head.function.name == "get_weather"
+    streamed = "".join(
+        p[0].function.arguments or ""
+        for c in chunks[1:-1]
+        if (p := c.choices[0].delta.tool_calls) and p[0].function
+    )
+    assert json.loads(streamed) == fixed
+    # tool_choice still decides; a tool without fixed arguments gets generated ones
+    (call,) = chosen.choices[0].message.tool_calls or []
+    assert (call.function.name, call.function.arguments) == ("get_time", "{}")
+    assert (other.choices[0].message.tool_calls or [])[0].function.name == "get_time"
+
+
 async def test_tool_choice_none_and_tool_results_get_text(nursery: trio.Nursery) -> None:
     sim = await start(nursery)
     after_tool = [

@@ -6,6 +6,7 @@ import errno
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import trio
 
@@ -51,6 +52,10 @@ class SimulatedBackend:
         api_key: if set, every ``/v1/*`` request needs ``Authorization: Bearer <key>``.
         echo_prefill: repeat an assistant prefill at the start of its continuation,
             as llama.cpp does; ``None`` means "as the flavour does" (llama.cpp only).
+        tool_arguments: tool name → the arguments a call to that tool carries, as a
+            real model fills them from the conversation (a path it was told of, say);
+            a tool named here is called in preference to the first one offered. Other
+            tools get generated ones (each required parameter, typed).
 
     Example::
 
@@ -68,6 +73,7 @@ class SimulatedBackend:
     name: str = ""
     api_key: str | None = None
     echo_prefill: bool | None = None
+    tool_arguments: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     stats: SimStats = field(default_factory=SimStats)
 
     # run-time state

@@ -91,6 +91,7 @@ async def _respond(backend: SimulatedBackend, request: Request, responder: Respo
             flavor=backend.flavor,
             models=backend.models_by_id,
             echo_prefill=bool(backend.echo_prefill),
+            fixed_arguments=backend.tool_arguments,
         )
     except ChatError as exc:
         await responder.send_json(exc.status, exc.payload)

@@ -97,9 +97,17 @@ class Answer:
 
 
 def plan_chat(
-    body: object, *, flavor: Flavor, models: Mapping[str, SimModel], echo_prefill: bool
+    body: object,
+    *,
+    flavor: Flavor,
+    models: Mapping[str, SimModel],
+    echo_prefill: bool,
+    fixed_arguments: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Answer:
     """Validate a parsed request body and decide its answer.
+
+    ``fixed_arguments`` maps tool names to the arguments a call to that tool carries
+    (instead of generated ones); such a tool is called before the first one offered.
 
     Raises:
         ChatError: the request is invalid (400), names an unknown model (404), or
@@ -157,13 +165,16 @@ def plan_chat(
             "context_length_exceeded",
         )
 
-    tool = _chosen_tool(tools, body.get("tool_choice"), messages[-1]["role"], fail)
+    fixed = fixed_arguments or {}
+    tool = _chosen_tool(tools, body.get("tool_choice"), messages[-1]["role"], fixed, fail)
     if tool is not None:
-        call = ToolCall(
-            tool_call_id(model.id, messages),
-            str(tool["function"]["name"]),
-            tool_arguments(model.id, messages, tool),
+        name = str(tool["function"]["name"])
+        arguments = (
+            json.dumps(fixed[name], separators=(",", ":"))
+            if name in fixed
+            else tool_arguments(model.id, messages, tool)
         )
+        call = ToolCall(tool_call_id(model.id, messages), name, arguments)
         pieces = tuple(split_pieces(call.arguments))
         return Answer(
             model_id, model.id, stream, include_usage, pieces, None, call, "tool_calls",
@@ -208,7 +219,11 @@ def _no_tools_message(flavor: Flavor, model_id: str) -> str:
 
 
 def _chosen_tool(
-    tools: Sequence[Any], choice: object, last_role: str, fail: Callable[..., NoReturn]
+    tools: Sequence[Any],
+    choice: object,
+    last_role: str,
+    fixed: Mapping[str, object],
+    fail: Callable[..., NoReturn],
 ) -> Mapping[str, Any] | None:
     """The tool to call, or ``None`` to answer with text."""
     if not tools or choice == "none" or last_role != "user":
@@ -228,7 +243,7 @@ def _chosen_tool(
                 return tool
         fail(400, f"`tool_choice` names the function {wanted!r}, which is not in `tools`.",
              "tool_choice")  # fmt: skip
-    return functions[0]
+    return next((t for t in functions if t["function"]["name"] in fixed), functions[0])
 
 
 def completion_body(
