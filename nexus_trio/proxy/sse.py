@@ -28,6 +28,7 @@ __all__ = [
     "SSEParser",
     "comment_event",
     "data_event",
+    "named_event",
 ]
 
 DONE = "[DONE]"
@@ -38,6 +39,12 @@ _BOM = b"\xef\xbb\xbf"
 def data_event(payload: dict[str, Any]) -> bytes:
     """One ``data:`` event carrying ``payload`` as JSON (UTF-8, one line)."""
     return b"data: " + jsonparse.dumps(payload) + b"\n\n"
+
+
+def named_event(name: str, payload: dict[str, Any]) -> bytes:
+    """One event with an ``event:`` line: APIs whose clients dispatch on the event's name
+    (Anthropic's SDKs drop a ``data:``-only event)."""
+    return b"event: " + name.encode() + b"\ndata: " + jsonparse.dumps(payload) + b"\n\n"
 
 
 def comment_event(text: str) -> bytes:
