@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from nexus_trio.config import RoutingSettings
+from nexus_trio.config import RoutingSettings, is_alias_pattern
 from nexus_trio.registry import Backend
 
 __all__ = ["listed_models", "model_entries", "model_entry"]
@@ -39,10 +39,11 @@ def model_entry(model: str, backends: Sequence[Backend], created: int) -> dict[s
 def model_entries(
     backends: Sequence[Backend], aliases: Mapping[str, str], resolve: Any, created: int
 ) -> list[dict[str, Any]]:
-    """Every served model once, then every alias whose target is served."""
+    """Every served model once, then every alias whose target is served (a pattern key such
+    as ``claude-*`` names no model of its own, so it is not listed)."""
     ids = sorted({m for b in backends for m in b.models})
     entries = [e for m in ids if (e := model_entry(m, backends, created)) is not None]
-    for alias in sorted(aliases):
+    for alias in sorted(a for a in aliases if not is_alias_pattern(a)):
         target = model_entry(resolve(alias), backends, created)
         if target is not None:
             entries.append({**target, "id": alias, "alias_for": target["id"]})

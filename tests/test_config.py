@@ -279,6 +279,7 @@ def test_env_table_comes_from_the_schema() -> None:
         "NEXUS_HOST": "server.host",
         "NEXUS_PORT": "server.port",
         "NEXUS_ADMIN_TOKEN": "server.admin_token",
+        "NEXUS_RESPONSES_KEPT": "server.responses_kept",
         "NEXUS_DISCOVERY": "discovery.enabled",
         "NEXUS_HEALTH_CHECK": "health_check.enabled",
         "NEXUS_LOG_LEVEL": "logging.level",
@@ -764,6 +765,54 @@ def test_aliases_resolve_up_to_three_hops(cwd: Path) -> None:
     assert routing.resolve_alias("gpt-4") == "llama3:70b"
     assert routing.resolve_alias("llama3:70b") == "llama3:70b"
     assert routing.resolve_alias("unknown") == "unknown"
+
+
+PATTERN_ALIASES = """[routing.aliases]
+"claude-*" = "coder"
+"claude-haiku-*" = "small"
+"claude-opus-4-1" = "big"
+"*" = "llama3"
+coder = "qwen3-coder:30b"
+"""
+
+
+@pytest.mark.parametrize(
+    ("asked", "served"),
+    [
+        ("claude-sonnet-4-5-20250929", "qwen3-coder:30b"),  # pattern, then an exact hop
+        ("claude-haiku-4-5", "small"),  # the longer pattern wins
+        ("claude-opus-4-1", "big"),  # an exact key wins over every pattern
+        ("gpt-4o", "llama3"),  # the catch-all
+        ("coder", "qwen3-coder:30b"),  # an exact key is never matched as a pattern first
+        ("small", "llama3"),  # a pattern applies to any name the client sends...
+    ],
+)
+def test_pattern_aliases_pick_the_most_specific_key(cwd: Path, asked: str, served: str) -> None:
+    write(cwd, PATTERN_ALIASES)
+    routing = load_settings(environ={}).routing
+    assert routing.resolve_alias(asked) == served
+    # ...unless the caller knows a backend serves that name itself.
+    assert routing.resolve_alias("small", patterns=False) == "small"
+
+
+def test_pattern_aliases_do_not_follow_patterns_after_the_first_hop(cwd: Path) -> None:
+    write(cwd, '[routing.aliases]\n"claude-*" = "qwen"\n"q*" = "other"\n')
+    assert load_settings(environ={}).routing.resolve_alias("claude-x") == "qwen"
+
+
+def test_pattern_order_does_not_depend_on_the_file(cwd: Path) -> None:
+    one = '[routing.aliases]\n"c*" = "a"\n"?laude*" = "b"\n"claude*" = "c"\n'
+    two = '[routing.aliases]\n"claude*" = "c"\n"?laude*" = "b"\n"c*" = "a"\n'
+    results = []
+    for text in (one, two):
+        write(cwd, text)
+        results.append(load_settings(environ={}).routing.resolve_alias("claude-3"))
+    assert results == ["c", "c"]  # same length: fewer wildcards is more specific
+
+
+def test_a_pattern_that_leads_into_a_cycle_is_rejected(cwd: Path) -> None:
+    message = config_error('[routing.aliases]\n"claude-*" = "a"\na = "b"\nb = "a"\n', {})
+    assert "alias cycle a → b → a" in message
 
 
 # --- API keys --------------------------------------------------------------------------------

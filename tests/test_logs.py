@@ -34,7 +34,7 @@ async def test_one_line_per_request_without_prompt_text(
     assert len(lines) == 2
     assert isinstance(lines[0].msg, RequestLine)
     served = lines[0].msg.fields
-    assert served["request_id"] == "r-1"
+    assert (served["request_id"], served["api"]) == ("r-1", "chat")
     assert (served["model"], served["served_model"], served["backend"]) == (
         "llama3:8b",
         "llama3:8b",

@@ -83,15 +83,15 @@ async def test_counters_after_a_scripted_mix(start_nexus: Any) -> None:
 
     metrics = samples((await nexus.http.get("/metrics")).text)
     requests = "nexus_requests_total"
-    assert value(metrics, requests, model="llama3:8b", backend="a", status="200",
+    assert value(metrics, requests, api="chat", model="llama3:8b", backend="a", status="200",
                  stream="false") == 1  # fmt: skip
-    assert value(metrics, requests, model="llama3:8b", backend="a", status="200",
+    assert value(metrics, requests, api="chat", model="llama3:8b", backend="a", status="200",
                  stream="true") == 2  # fmt: skip  # 2 and 4 (a committed, b continued)
-    assert value(metrics, requests, model="llama3:8b", backend="b", status="200",
+    assert value(metrics, requests, api="chat", model="llama3:8b", backend="b", status="200",
                  stream="false") == 1  # fmt: skip
-    assert value(metrics, requests, model="unknown", backend="none", status="404",
+    assert value(metrics, requests, api="chat", model="unknown", backend="none", status="404",
                  stream="false") == 1  # fmt: skip
-    assert value(metrics, requests, model="llama3:8b", backend="b", status="200",
+    assert value(metrics, requests, api="chat", model="llama3:8b", backend="b", status="200",
                  stream="true") == 1  # fmt: skip  # the client that left had its headers
     assert sum(v for (n, _), v in metrics.items() if n == requests) == 6
 
@@ -116,8 +116,8 @@ async def test_counters_after_a_scripted_mix(start_nexus: Any) -> None:
     assert value(metrics, "nexus_tokens_total", model="llama3:8b", backend="b",
                  type="prompt") >= plain.usage.prompt_tokens  # fmt: skip
 
-    durations = value(metrics, "nexus_request_duration_seconds_count", model="llama3:8b",
-                      backend="a")  # fmt: skip
+    durations = value(metrics, "nexus_request_duration_seconds_count", api="chat",
+                      model="llama3:8b", backend="a")  # fmt: skip
     assert durations == 3
     ttfts = value(metrics, "nexus_time_to_first_token_seconds_count", model="llama3:8b",
                   backend="a")  # fmt: skip
@@ -137,6 +137,7 @@ async def test_counters_after_a_scripted_mix(start_nexus: Any) -> None:
     assert stats["backends"]["a"]["failed_attempts"] == 2
     assert stats["backends"]["b"]["requests"] == 2
     assert set(stats["models"]) == {"llama3:8b", "unknown"}
+    assert stats["apis"]["chat"]["requests"] == 6
     assert stats["tokens"]["completion"] == sum(
         value(metrics, "nexus_tokens_total", **dict(labels))
         for (n, labels) in metrics
@@ -146,6 +147,7 @@ async def test_counters_after_a_scripted_mix(start_nexus: Any) -> None:
     history = (await nexus.http.get("/v1/history")).json()["data"]
     assert len(history) == 6
     assert [r["stream"] for r in history] == [False, True, False, True, False, True]
+    assert {r["api"] for r in history} == {"chat"}
     assert history[3]["failovers"] == [{"from": "a", "to": "b", "phase": "mid_stream"}]
     assert history[2]["failovers"] == [{"from": "a", "to": "b", "phase": "before_first_byte"}]
     assert (history[5]["status"], history[5]["error"]) == (200, "client_disconnected")
@@ -167,7 +169,7 @@ async def test_made_up_model_names_do_not_grow_the_label_set(start_nexus: Any) -
         if name.startswith("nexus_") and "model" in dict(labels)
     }
     assert models == {"unknown"}
-    assert value(metrics, "nexus_requests_total", model="unknown", backend="none",
+    assert value(metrics, "nexus_requests_total", api="chat", model="unknown", backend="none",
                  status="404", stream="false") == 40  # fmt: skip
     stats = (await nexus.http.get("/v1/stats")).json()
     assert list(stats["models"]) == ["unknown"]
@@ -221,8 +223,34 @@ async def test_a_request_every_backend_failed_counts_failures_and_its_error(
     assert value(metrics, "nexus_backend_failures_total", backend="a") == 1
     assert value(metrics, "nexus_backend_failures_total", backend="b") == 1
     assert value(metrics, "nexus_errors_total", type="all_backends_failed") == 1
-    assert value(metrics, "nexus_requests_total", model="llama3:8b", backend="none",
+    assert value(metrics, "nexus_requests_total", api="chat", model="llama3:8b", backend="none",
                  status="502", stream="true") == 1  # fmt: skip
     stats = (await nexus.http.get("/v1/stats")).json()
     assert (stats["failed"], stats["failovers"]["before_first_byte"]) == (1, 1)
     assert stats["backends"]["b"]["failed_attempts"] == 1
+
+
+async def test_names_a_pattern_alias_serves_are_counted_under_the_pattern(
+    start_nexus: Any,
+) -> None:
+    nexus = await start_nexus([sim("a")], routing={"aliases": {"claude-*": "llama3:8b"}})
+    names = [f"claude-{i}" for i in range(5)]
+    for name in names:
+        response = await nexus.http.post(CHAT, json={**HELLO, "model": name})
+        assert response.status_code == 200
+        assert response.json()["model"] == "llama3:8b"
+    await nexus.settled()
+    metrics = samples((await nexus.http.get("/metrics")).text)
+    assert value(metrics, "nexus_requests_total", api="chat", model="claude-*", backend="a",
+                 status="200", stream="false") == len(names)  # fmt: skip
+    assert {dict(labels)["model"] for (n, labels) in metrics if n == "nexus_requests_total"} == {
+        "claude-*"
+    }
+    # The pattern is no model of its own: /v1/models does not list it; a name it matches
+    # is found, as an alias of its target.
+    listed = (await nexus.http.get("/v1/models")).json()["data"]
+    assert [m["id"] for m in listed] == ["llama3:8b"]
+    entry = (await nexus.http.get("/v1/models/claude-opus-5")).json()
+    assert (entry["id"], entry["alias_for"]) == ("claude-opus-5", "llama3:8b")
+    history = (await nexus.http.get("/v1/history")).json()["data"]
+    assert [r["model"] for r in history] == names  # the history keeps what each client sent

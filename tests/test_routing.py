@@ -498,6 +498,27 @@ def test_aliases_resolve_up_to_three_hops() -> None:
     assert candidate.reason.startswith("alias:gpt-4->llama3:70b;")
 
 
+def test_a_pattern_alias_serves_names_nobody_serves_and_leaves_served_names_alone() -> None:
+    routing = routing_settings(aliases={"*": "llama3:70b", "claude-*": "qwen3-coder:30b"})
+    fleet = [backend("a", ["llama3:70b", "llama3:8b"]), backend("b", ["qwen3-coder:30b"])]
+    claude = plan_route(Requirements("claude-sonnet-4-5-20250929"), fleet, routing)
+    assert claude.model == "qwen3-coder:30b"
+    assert claude.candidates[0].reason.startswith(
+        "alias:claude-sonnet-4-5-20250929->qwen3-coder:30b;"
+    )
+    assert plan_route(Requirements("gpt-4o"), fleet, routing).model == "llama3:70b"
+    # A model some backend serves is never redirected by a pattern, even the catch-all.
+    assert plan_route(Requirements("llama3:8b"), fleet, routing).model == "llama3:8b"
+    assert plan_route(Requirements("qwen3-coder:30b"), fleet, routing).model == "qwen3-coder:30b"
+
+
+def test_unknown_model_suggestions_never_offer_a_pattern() -> None:
+    routing = routing_settings(aliases={"claude-*": "nobody-serves-this"})
+    with pytest.raises(ModelNotFound) as info:
+        plan_route(Requirements("claude-x"), [backend("a", ["claude-y"])], routing)
+    assert "*" not in info.value.message
+
+
 def test_fallback_serves_when_the_model_has_no_eligible_backend() -> None:
     routing = routing_settings(fallbacks={"llama3:70b": ["llama3:8b"]})
     fleet = [

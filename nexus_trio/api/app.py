@@ -22,8 +22,11 @@ from nexus_trio.api.admin import make_admin_blueprint
 from nexus_trio.api.dashboard import make_dashboard_blueprint
 from nexus_trio.api.frame import ASGIDownstream, serve_inference
 from nexus_trio.api.observe import make_observe_blueprint
+from nexus_trio.api.responses import make_responses_blueprint
 from nexus_trio.catalog import listed_models, model_entry
-from nexus_trio.dialects import CHAT, Dialect
+from nexus_trio.dialects import ANTHROPIC, CHAT, Dialect
+from nexus_trio.dialects.response_store import ResponseStore
+from nexus_trio.dialects.responses_writer import responses_dialect
 from nexus_trio.errors import ModelNotFound, NexusError, error_body
 from nexus_trio.gateway import Gateway
 from nexus_trio.routing.router import nearest_models
@@ -71,7 +74,12 @@ def make_quart_app(gateway: Gateway) -> QuartTrio:
 
     @app.get("/v1/models/<path:model_id>")
     async def retrieve_model(model_id: str) -> Response:
-        entry = model_entry(routing.resolve_alias(model_id), registry.backends, gateway.created)
+        backends = registry.backends
+        entry = None
+        if model_id not in routing.aliases:  # served under its own name: no pattern applies
+            entry = model_entry(model_id, backends, gateway.created)
+        if entry is None:
+            entry = model_entry(routing.resolve_alias(model_id), backends, gateway.created)
         if entry is None:
             raise ModelNotFound(model_id, nearest_models(model_id, registry.model_ids()))
         if entry["id"] != model_id:
@@ -154,9 +162,16 @@ def make_quart_app(gateway: Gateway) -> QuartTrio:
 def make_app(gateway: Gateway) -> Any:
     """The ASGI callable hypercorn serves."""
     quart_app = make_quart_app(gateway)
+    # The answers of /v1/responses kept for previous_response_id, one store per app.
+    responses = ResponseStore(gateway.settings.server.responses_kept)
+    quart_app.register_blueprint(make_responses_blueprint(responses))
     # The inference APIs, each served by the one request pipeline with its dialect. A
     # query string (Claude Code's ``?beta=true``) is not part of the ASGI path.
-    inference: dict[str, Dialect] = {CHAT_PATH: CHAT}
+    inference: dict[str, Dialect] = {
+        CHAT_PATH: CHAT,
+        "/v1/responses": responses_dialect(responses),
+        "/v1/messages": ANTHROPIC,
+    }
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         dialect = inference.get(scope["path"]) if scope["type"] == "http" else None

@@ -40,8 +40,9 @@ from nexus_trio.observe import (
 )
 from nexus_trio.proxy.exchange import Exchange, Outcome
 from nexus_trio.proxy.forward import forward_chat
-from nexus_trio.proxy.writer import Writer
+from nexus_trio.proxy.writer import KEEP_ALIVE_SECONDS, Writer
 from nexus_trio.routing.patience import plan_route_patiently
+from nexus_trio.routing.requirements import ChatRequest
 
 __all__ = ["ASGIDownstream", "header_value", "request_id_of", "serve_inference"]
 
@@ -204,17 +205,13 @@ async def serve_inference(
                     writer = dialect.writer(chat, downstream, request_id)
                     requested, stream = chat.needs.model, chat.needs.stream
                     messages = chat.payload["messages"]
-                    registry = gateway.registry
-                    decision = await plan_route_patiently(chat.needs, registry, settings.routing)
-                    exchange = Exchange(
-                        gateway.client,
-                        registry,
-                        settings.routing.timeouts,
-                        request_id,
-                        writer,
-                        outcome,
-                    )
-                    await forward_chat(exchange, chat, decision, settings.routing)
+                    beats = trio.CancelScope()
+                    if dialect.keeps_alive:
+                        nursery.start_soon(_keep_alive, writer, beats)
+                    try:
+                        await _route_and_forward(gateway, chat, request_id, writer, outcome)
+                    finally:
+                        beats.cancel()
                 except NexusError as exc:
                     error = exc
                 except Exception:
@@ -254,10 +251,35 @@ async def serve_inference(
                 content = {"messages": messages, "answer": outcome.answer}
             gateway.observer.request_done(
                 RequestRecord.of(
-                    request_id, requested, stream, outcome, status,
+                    request_id, dialect.api, requested, stream, outcome, status,
                     trio.current_time() - started, code, detail, content,
                 )
             )  # fmt: skip
+
+
+async def _route_and_forward(
+    gateway: Gateway, chat: ChatRequest, request_id: str, writer: Writer, outcome: Outcome
+) -> None:
+    """Route ``chat`` (waiting for a backend if none can take it yet) and forward it."""
+    routing = gateway.settings.routing
+    decision = await plan_route_patiently(chat.needs, gateway.registry, routing)
+    exchange = Exchange(
+        gateway.client, gateway.registry, routing.timeouts, request_id, writer, outcome
+    )
+    await forward_chat(exchange, chat, decision, routing)
+
+
+async def _keep_alive(writer: Writer, scope: trio.CancelScope) -> None:
+    """Ask ``writer`` for a sign of life every `KEEP_ALIVE_SECONDS` until ``scope`` is
+    cancelled (the answer is written, or the request ended)."""
+    with scope:
+        while True:
+            await trio.sleep(KEEP_ALIVE_SECONDS)
+            try:
+                await writer.keep_alive()
+            except Exception:  # the client is gone: the disconnect watcher ends the request
+                log.debug("a keep-alive could not be written", exc_info=True)
+                return
 
 
 async def _end_as_shutdown(writer: Writer, downstream: ASGIDownstream) -> NexusError:

@@ -34,6 +34,7 @@ from nexus_trio.config.schema import (
     DEFAULT_PROBE_PORTS,
     DEFAULT_SERVICE_TYPES,
     MAX_ALIAS_HOPS,
+    AliasPattern,
     BackendSettings,
     BackendType,
     DiscoverySettings,
@@ -47,6 +48,8 @@ from nexus_trio.config.schema import (
     Settings,
     Strategy,
     TimeoutSettings,
+    is_alias_pattern,
+    matching_pattern,
 )
 
 __all__ = [
@@ -60,6 +63,7 @@ __all__ = [
     "MAX_ALIAS_HOPS",
     "OVERRIDE_KEYS",
     "TRACE",
+    "AliasPattern",
     "BackendSettings",
     "BackendType",
     "DiscoverySettings",
@@ -74,8 +78,10 @@ __all__ = [
     "Settings",
     "Strategy",
     "TimeoutSettings",
+    "is_alias_pattern",
     "load_settings",
     "log_level_number",
+    "matching_pattern",
     "schema_key",
     "schema_keys",
     "settings_from_mapping",

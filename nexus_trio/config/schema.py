@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import fnmatch
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -190,6 +192,13 @@ class ServerSettings:
         default=None,
         example='"/var/lib/nexus/state.json"',
     )
+    responses_kept: int = _key(
+        Int(0, 1_000_000),
+        "How many answers of /v1/responses are kept in memory for previous_response_id and "
+        "GET /v1/responses/{id} (the least recently used goes first; 0 keeps none).",
+        default=1000,
+        env="NEXUS_RESPONSES_KEPT",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,6 +300,40 @@ class TimeoutSettings:
     )
 
 
+def is_alias_pattern(name: str) -> bool:
+    """Whether an alias key is a glob pattern (``*``, ``?`` or ``[...]``, as `fnmatch`)."""
+    return any(c in name for c in "*?[")
+
+
+@dataclass(frozen=True, slots=True)
+class AliasPattern:
+    """One pattern key of ``routing.aliases``, compiled."""
+
+    key: str
+    target: str
+    regex: re.Pattern[str]
+
+
+def alias_patterns(aliases: Mapping[str, str]) -> tuple[AliasPattern, ...]:
+    """The pattern keys of ``aliases``, most specific first: the longer pattern, then (a
+    tie) the one with fewer wildcards, then by name, so the order never depends on the
+    file's."""
+    keys = sorted(
+        (k for k in aliases if is_alias_pattern(k)),
+        key=lambda k: (-len(k), sum(k.count(c) for c in "*?"), k),
+    )
+    return tuple(AliasPattern(k, aliases[k], re.compile(fnmatch.translate(k))) for k in keys)
+
+
+def matching_pattern(patterns: tuple[AliasPattern, ...], model: str) -> AliasPattern | None:
+    """The most specific of ``patterns`` that matches ``model`` (case-sensitive, as model
+    names are), or None."""
+    for pattern in patterns:
+        if pattern.regex.match(model):
+            return pattern
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class RoutingSettings:
     """``[routing]``: which backend serves a request, and what happens when it fails."""
@@ -347,7 +390,9 @@ class RoutingSettings:
     aliases: Mapping[str, str] = _key(
         Map(Str(), what="alias name"),
         f"Other names for models: a request for the key is served by the value (up to "
-        f"{MAX_ALIAS_HOPS} hops).",
+        f'{MAX_ALIAS_HOPS} hops). A key with * or ? is a glob pattern ("claude-*" maps '
+        "every Claude model id); an exact key wins over a pattern, a longer pattern over a "
+        "shorter one.",
         factory=dict,
         example='"gpt-4o" = "llama3:70b"',
     )
@@ -360,28 +405,41 @@ class RoutingSettings:
     timeouts: TimeoutSettings = _table(
         TimeoutSettings, "One deadline per phase of an attempt; when it fires, the next backend."
     )
+    # The pattern keys of ``aliases``, most specific first (derived, not loaded).
+    alias_patterns: tuple[AliasPattern, ...] = field(default=(), init=False, repr=False,
+                                                     compare=False)  # fmt: skip
 
     def __post_init__(self) -> None:
         # Copy into read-only views so that no caller can change the settings after load.
         object.__setattr__(self, "aliases", MappingProxyType(dict(self.aliases)))
+        object.__setattr__(self, "alias_patterns", alias_patterns(self.aliases))
         frozen = {model: tuple(names) for model, names in self.fallbacks.items()}
         object.__setattr__(self, "fallbacks", MappingProxyType(frozen))
 
-    def resolve_alias(self, model: str) -> str:
+    def resolve_alias(self, model: str, *, patterns: bool = True) -> str:
         """The model an alias names, following up to `MAX_ALIAS_HOPS` aliases.
 
-        A name that is no alias is returned as is. The loader rejects cycles and longer
-        chains, so this never loops::
+        The name the client sent is looked up as an exact key, else matched against the
+        pattern keys, most specific first; the hops after it follow exact keys only, so a
+        catch-all pattern (``"*"``) never swallows another alias's target. Callers that know
+        a backend serves ``model`` under its own name pass ``patterns=False``: a pattern
+        stands for names nobody serves. A name that is no alias is returned as is. The
+        loader rejects cycles and longer chains, so this never loops::
 
             >>> RoutingSettings(aliases={"gpt-4": "big", "big": "llama3"}).resolve_alias("gpt-4")
             'llama3'
+            >>> RoutingSettings(aliases={"claude-*": "qwen3"}).resolve_alias("claude-haiku-4-5")
+            'qwen3'
         """
-        for _ in range(MAX_ALIAS_HOPS):
-            target = self.aliases.get(model)
+        target = self.aliases.get(model)
+        if target is None and patterns and self.alias_patterns:
+            pattern = matching_pattern(self.alias_patterns, model)
+            target = None if pattern is None else pattern.target
+        for _ in range(MAX_ALIAS_HOPS - 1):
             if target is None:
-                break
-            model = target
-        return model
+                return model
+            model, target = target, self.aliases.get(target)
+        return model if target is None else target
 
 
 @dataclass(frozen=True, slots=True)

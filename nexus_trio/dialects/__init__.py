@@ -15,6 +15,13 @@ from nexus_trio.dialects.openai_chat import (
     OpenAIStreamWriter,
     parse_chat_request,
 )
+from nexus_trio.dialects.response_store import ResponseStore
+from nexus_trio.dialects.responses import parse_responses_request
+from nexus_trio.dialects.responses_writer import (
+    ResponsesJSONWriter,
+    ResponsesStreamWriter,
+    responses_dialect,
+)
 
 __all__ = [
     "CHAT",
@@ -23,5 +30,10 @@ __all__ = [
     "Downstream",
     "OpenAIJSONWriter",
     "OpenAIStreamWriter",
+    "ResponseStore",
+    "ResponsesJSONWriter",
+    "ResponsesStreamWriter",
     "parse_chat_request",
+    "parse_responses_request",
+    "responses_dialect",
 ]

@@ -35,9 +35,13 @@ class Dialect:
     and who writes its responses.
 
     ``writer`` gets the parsed request, or None when there is none (the body did not
-    parse, or Nexus refused it first) and only an error will be written.
+    parse, or Nexus refused it first) and only an error will be written. With
+    ``keeps_alive``, the pipeline calls the writer's `Writer.keep_alive` while the
+    request waits for its answer (an API whose clients expect signs of life); without,
+    it spares every request that task.
     """
 
     api: str  # the API's short name: "chat" (the ``api`` of metrics, logs and history)
     parse: Callable[[bytes, RoutingSettings], ChatRequest]
     writer: Callable[[ChatRequest | None, Downstream, str], Writer]
+    keeps_alive: bool = False

@@ -50,12 +50,13 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
-            "nexus_requests", "Requests answered, by model asked, backend, HTTP status, stream.",
-            ["model", "backend", "status", "stream"], registry=r,
+            "nexus_requests",
+            "Requests answered, by API, model asked, backend, HTTP status, stream.",
+            ["api", "model", "backend", "status", "stream"], registry=r,
         )  # fmt: skip
         self.duration = Histogram(
             "nexus_request_duration_seconds", "Time from request to the end of its answer.",
-            ["model", "backend"], buckets=_DURATION_BUCKETS, registry=r,
+            ["api", "model", "backend"], buckets=_DURATION_BUCKETS, registry=r,
         )  # fmt: skip
         self.ttft = Histogram(
             "nexus_time_to_first_token_seconds", "Time from request to the first token relayed.",
@@ -86,20 +87,21 @@ class Metrics:
         r.register(_FleetCollector(registry))
         ProcessCollector(registry=r)
         # Bounded like the labels: models served or configured, backends, a few statuses.
-        self._children: dict[tuple[str, str, int, bool], _Children] = {}
+        self._children: dict[tuple[str, str, str, int, bool], _Children] = {}
 
     def observe(self, record: RequestRecord, model: str) -> None:
         """Count one finished request; ``model`` is its bounded model label."""
         backend = record.backend or NO_BACKEND
-        key = (model, backend, record.status, bool(record.stream))
+        api = record.api
+        key = (api, model, backend, record.status, bool(record.stream))
         children = self._children.get(key)
         if children is None:
             # Looking children up by their labels takes a lock and a hash per metric;
             # the same few label sets come back on every request.
             stream = "true" if record.stream else "false"
             children = self._children[key] = _Children(
-                self.requests.labels(model, backend, str(record.status), stream),
-                self.duration.labels(model, backend),
+                self.requests.labels(api, model, backend, str(record.status), stream),
+                self.duration.labels(api, model, backend),
                 self.ttft.labels(model, backend),
                 self.tokens.labels(model, backend, "prompt"),
                 self.tokens.labels(model, backend, "completion"),

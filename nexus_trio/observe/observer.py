@@ -13,7 +13,7 @@ from typing import Any
 
 import trio
 
-from nexus_trio.config import Settings
+from nexus_trio.config import Settings, matching_pattern
 from nexus_trio.logs import log_request, request_logger
 from nexus_trio.observe.feed import BACKEND_STATUS, REQUEST_COMPLETE, Feed
 from nexus_trio.observe.metrics import Metrics
@@ -46,11 +46,17 @@ class Observer:
         model = record.model
         if model is None:
             return UNKNOWN_MODEL
-        if record.backend is not None:
-            return model  # it was served, so it is known (a model, alias or fallback)
         routing = self._routing
         if model in routing.aliases or model in routing.fallbacks:
             return model
+        if routing.alias_patterns and not any(model in b.models for b in self._registry):
+            # Counted under the pattern: every name it matches is served, so its names
+            # would otherwise grow the label sets without bound.
+            pattern = matching_pattern(routing.alias_patterns, model)
+            if pattern is not None:
+                return pattern.key
+        if record.backend is not None:
+            return model  # it was served, so it is known (a model or a fallback)
         if any(model in b.models for b in self._registry):
             return model
         return UNKNOWN_MODEL

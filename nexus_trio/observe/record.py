@@ -26,6 +26,7 @@ class RequestRecord:
     prompt and answer only when ``logging.content`` is on, and only the log shows it."""
 
     request_id: str
+    api: str  # the API the client spoke: "chat", "messages", "responses", ...
     model: str | None  # as the client asked, cut to a sane length
     served_model: str | None
     backend: str | None
@@ -51,6 +52,7 @@ class RequestRecord:
     def of(
         cls,
         request_id: str,
+        api: str,
         model: str | None,
         stream: bool | None,
         outcome: Outcome,
@@ -62,6 +64,7 @@ class RequestRecord:
     ) -> RequestRecord:
         return cls(
             request_id=request_id,
+            api=api,
             model=None if model is None else model[:_MAX_MODEL_CHARS],
             served_model=outcome.model,
             backend=outcome.backend,
@@ -96,6 +99,7 @@ class RequestRecord:
         """The request log line's fields, in the order they are written."""
         fields: dict[str, Any] = {
             "request_id": self.request_id,
+            "api": self.api,
             "model": self.model,
             "served_model": self.served_model,
             "backend": self.backend,
@@ -123,6 +127,7 @@ class RequestRecord:
         return {
             "request_id": self.request_id,
             "time": round(self.time, 3),
+            "api": self.api,
             "model": self.model,
             "served_model": self.served_model,
             "backend": self.backend,

@@ -1,4 +1,4 @@
-"""Running totals of every request, overall, per backend and per model (pure).
+"""Running totals of every request, overall, per backend, per model and per API (pure).
 
 What ``/v1/stats`` returns and the dashboard shows. Streams count like every
 other request; a request that failed is counted as failed, with its error's
@@ -70,6 +70,7 @@ class Stats:
     backends: dict[str, Tally] = field(default_factory=dict)
     backend_failures: Counter[str] = field(default_factory=Counter)
     models: dict[str, Tally] = field(default_factory=dict)
+    apis: dict[str, Tally] = field(default_factory=dict)  # by the API the client spoke
     errors: Counter[str] = field(default_factory=Counter)
     failovers: Counter[str] = field(default_factory=Counter)  # by phase
     fallbacks: int = 0
@@ -82,6 +83,7 @@ class Stats:
         if record.backend is not None:
             self.backends.setdefault(record.backend, Tally()).add(record)
         self.models.setdefault(model, Tally()).add(record)
+        self.apis.setdefault(record.api, Tally()).add(record)
         if record.error is not None:
             self.errors[record.error] += 1
         for failover in record.failovers:
@@ -122,6 +124,7 @@ class Stats:
             "errors": dict(sorted(self.errors.items())),
             "backends": backends,
             "models": {name: tally.to_json() for name, tally in sorted(self.models.items())},
+            "apis": {name: tally.to_json() for name, tally in sorted(self.apis.items())},
         }
 
 

@@ -18,7 +18,7 @@ import random
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, NamedTuple, TypeVar, overload
 
-from nexus_trio.config import RoutingSettings, Strategy
+from nexus_trio.config import RoutingSettings, Strategy, is_alias_pattern
 from nexus_trio.errors import (
     BackendsBusy,
     ContextLengthExceeded,
@@ -302,7 +302,11 @@ def plan_route(
         NoHealthyBackend: backends serve it, but none is healthy or free.
         ModelCannotServe, ContextLengthExceeded: none can take this request.
     """
-    model = routing.resolve_alias(needs.model)
+    patterns = bool(routing.alias_patterns)
+    if patterns:  # a name some backend serves is never redirected by a pattern
+        served = rosters(needs.model) if rosters else Roster.of(backends, needs.model)
+        patterns = not served.listing
+    model = routing.resolve_alias(needs.model, patterns=patterns)
     runs: list[Iterator[Candidate]] = []
     first_error: NexusError | None = None
     chain: Iterable[str] = (model,)
@@ -331,7 +335,8 @@ def plan_route(
         return RouteDecision(needs.model, model, Candidates(runs))
     if first_error is not None:
         raise first_error
-    known = sorted({m for b in backends for m in b.models} | set(routing.aliases))
+    names = {a for a in routing.aliases if not is_alias_pattern(a)}
+    known = sorted({m for b in backends for m in b.models} | names)
     raise ModelNotFound(needs.model, nearest_models(needs.model, known))
 
 
