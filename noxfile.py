@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
 import nox
 
 nox.options.sessions = ["tests", "lint", "typecheck"]
@@ -74,3 +80,54 @@ def browser(session: nox.Session) -> None:
         session.error(f"{chromium} is missing: apt-get install chromium chromium-driver")
     session.install(".[test]", "playwright==1.65.*")
     session.run("pytest", "tests/browser", "-m", "browser", *session.posargs)
+
+
+CLAUDE_CODE = "2.1.328"  # @anthropic-ai/claude-code, pinned: its request shape changes often
+
+
+def _claude_code(session: nox.Session) -> Path:
+    """The pinned Claude Code's native binary, npm-installed once into the user cache.
+
+    ``--ignore-scripts``: the package's postinstall only links the platform package's
+    binary into place, so the test runs that binary itself.
+    """
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    prefix = base / "nexus-trio" / f"claude-code-{CLAUDE_CODE}"
+    scope = prefix / "node_modules" / "@anthropic-ai"
+    manifest = scope / "claude-code" / "package.json"
+    installed = json.loads(manifest.read_text())["version"] if manifest.exists() else None
+    if installed != CLAUDE_CODE or not list(scope.glob("claude-code-*/claude")):
+        session.run(
+            "npm", "install", "--prefix", str(prefix), "--ignore-scripts", "--no-audit",
+            "--no-fund", "--loglevel", "error", f"@anthropic-ai/claude-code@{CLAUDE_CODE}",
+            external=True,
+        )  # fmt: skip
+    # npm installs the platform's package; an older npm, blind to `libc`, adds the musl one
+    binaries = sorted(scope.glob("claude-code-*/claude"), key=lambda p: "-musl" in p.parent.name)
+    if not binaries:
+        session.error(f"no native claude binary under {scope}: is this platform supported?")
+    return binaries[0]
+
+
+@nox.session
+def agents(session: nox.Session) -> None:
+    """Claude Code itself (`claude -p`, pinned) through `nexus serve` in front of simulated
+    backends, inside a network namespace that has only loopback (`unshare -n`: needs root,
+    `ip` from iproute2 and npm; not in the default sessions)."""
+    if os.geteuid() != 0:
+        session.error("agents runs Claude Code in its own network namespace: run it as root")
+    for tool in ("unshare", "ip", "npm"):
+        if shutil.which(tool) is None:
+            session.error(f"{tool} is missing (apt-get install util-linux iproute2 npm)")
+    session.install(".[test]")
+    claude = _claude_code(session)
+    # Everything the tests start (backends, nexus serve, claude) lives in this namespace,
+    # whose only interface is loopback: Claude Code can reach nothing else.
+    probe = subprocess.run(["unshare", "-n", "true"], capture_output=True, text=True, check=False)
+    if probe.returncode != 0:
+        session.error(f"cannot create a network namespace: {probe.stderr.strip()}")
+    session.run(
+        "unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$@"', "sh",
+        "pytest", "tests/agents", "-m", "agents", *session.posargs,
+        env={"CLAUDE_BIN": str(claude)}, external=True,
+    )  # fmt: skip
