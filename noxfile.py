@@ -39,10 +39,13 @@ def typecheck(session: nox.Session) -> None:
 @nox.session
 def bench(session: nox.Session) -> None:
     """Nexus beside direct, nginx and LiteLLM on loopback: latency, throughput, streaming,
-    memory, routing, start-up; a table, results JSON and chart (not part of CI;
-    `nox -s bench -- --quick` to try it)."""
+    memory, routing, start-up; a table, results JSON and chart; then the stream relay
+    through each API Nexus speaks (not part of CI; `nox -s bench -- --quick` to try it)."""
     session.install(".", "matplotlib")
     session.run("python", "benchmarks/suite.py", *session.posargs)
+    # What translation costs: the relay through /v1/messages and /v1/responses beside chat.
+    quick = ["--quick"] if "--quick" in session.posargs else []
+    session.run("python", "benchmarks/bench_dialects.py", *quick)
 
 
 @nox.session

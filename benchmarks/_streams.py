@@ -19,12 +19,19 @@ from _contenders import Contender
 from _load import MESSAGES
 
 TOKEN: Final = b'" tok"'  # each content event carries it once, however it is re-encoded
+# The same streamed question in each API Nexus speaks: path and body.
+APIS: Final[Mapping[str, tuple[str, Mapping[str, Any]]]] = {
+    "chat": ("/v1/chat/completions", {"messages": MESSAGES, "stream": True}),
+    "messages": ("/v1/messages", {"messages": MESSAGES, "max_tokens": 4096, "stream": True}),
+    "responses": ("/v1/responses", {"input": MESSAGES, "stream": True}),
+}
 
 
-def _request(contender: Contender, model: str, *, keep_alive: bool) -> bytes:
-    body = json.dumps({"model": model, "messages": MESSAGES, "stream": True}).encode()
+def _request(contender: Contender, model: str, *, keep_alive: bool, api: str = "chat") -> bytes:
+    path, fields = APIS[api]
+    body = json.dumps({"model": model, **fields}).encode()
     head = [
-        "POST /v1/chat/completions HTTP/1.1",
+        f"POST {path} HTTP/1.1",
         "Host: 127.0.0.1",
         "Content-Type: application/json",
         "Accept: text/event-stream",
@@ -153,9 +160,10 @@ async def _relay_worker(
 
 
 async def relay_capacity(
-    contender: Contender, streams: int, seconds: float, stream_seconds: float
+    contender: Contender, streams: int, seconds: float, stream_seconds: float, api: str = "chat"
 ) -> dict[str, Any]:
-    """Content chunks per second relayed to ``streams`` concurrent streams, over ``seconds``.
+    """Content chunks per second relayed to ``streams`` concurrent streams, over ``seconds``,
+    asked in ``api`` (a key of `APIS`).
 
     Counting starts once every stream has had time to start (one stream's length plus half
     a second) and stops ``seconds`` later; then every stream is cancelled.
@@ -163,7 +171,7 @@ async def relay_capacity(
     now = trio.current_time()
     ramp = stream_seconds + 0.5
     relay = _Relay(now + ramp, now + ramp + seconds)
-    request = _request(contender, "bench", keep_alive=True)
+    request = _request(contender, "bench", keep_alive=True, api=api)
     with trio.move_on_after(ramp + seconds):
         async with trio.open_nursery() as nursery:
             for index in range(streams):

@@ -1,4 +1,4 @@
-"""The parts the integration tests share: llama-server and nexus processes."""
+"""The parts the integration tests share: llama-server and nexus processes, configs, clients."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import openai
 
 ALIAS = "smollm2"
 CONTEXT = 4096
@@ -118,3 +119,21 @@ class NexusProcess:
         assert self.process.stderr is not None
         self.process.stderr.close()
         return code
+
+
+def config_for(*servers: LlamaServer, discovery: bool = False) -> str:
+    """A Nexus config in front of ``servers`` (mDNS on loopback only if ``discovery``)."""
+    text = (
+        f"[discovery]\nenabled = {str(discovery).lower()}\n"
+        'interfaces = ["127.0.0.1"]\nprobe_local = false\n'
+        "[health_check]\ninterval_seconds = 1.0\nrecovery_threshold = 1\n"
+        "[routing.timeouts]\nfirst_token_seconds = 20.0\nstream_idle_seconds = 5.0\n"
+    )
+    for i, server in enumerate(servers):
+        text += f'[[backends]]\nname = "llama-{i}"\nurl = "{server.url}"\ntype = "llamacpp"\n'
+    return text
+
+
+def sdk(url: str) -> openai.OpenAI:
+    """The official client for the server at ``url``, without retries."""
+    return openai.OpenAI(base_url=url + "/v1", api_key="not-needed", max_retries=0, timeout=60)

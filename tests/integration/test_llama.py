@@ -16,26 +16,10 @@ import httpx
 import openai
 import pytest
 
-from harness import ALIAS, CONTEXT, PARALLEL, LlamaServer, NexusProcess
+from harness import ALIAS, CONTEXT, PARALLEL, LlamaServer, NexusProcess, config_for, sdk
 
 PROMPT: list[Any] = [{"role": "user", "content": "Write three sentences about the sea."}]
 GREEDY: dict[str, Any] = {"temperature": 0, "max_tokens": 60, "seed": 1}
-
-
-def config_for(*servers: LlamaServer, discovery: bool = False) -> str:
-    text = (
-        f"[discovery]\nenabled = {str(discovery).lower()}\n"
-        'interfaces = ["127.0.0.1"]\nprobe_local = false\n'
-        "[health_check]\ninterval_seconds = 1.0\nrecovery_threshold = 1\n"
-        "[routing.timeouts]\nfirst_token_seconds = 20.0\nstream_idle_seconds = 5.0\n"
-    )
-    for i, server in enumerate(servers):
-        text += f'[[backends]]\nname = "llama-{i}"\nurl = "{server.url}"\ntype = "llamacpp"\n'
-    return text
-
-
-def sdk(url: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=url + "/v1", api_key="not-needed", max_retries=0, timeout=60)
 
 
 def stream_text(client: openai.OpenAI, **extra: Any) -> str:
