@@ -7,6 +7,12 @@ the upstream answer back into its API's response, through its writers
 API (`nexus_trio.api.frame`).
 """
 
+from nexus_trio.dialects.anthropic import (
+    ANTHROPIC,
+    parse_count_tokens_request,
+    parse_messages_request,
+)
+from nexus_trio.dialects.anthropic_writer import AnthropicJSONWriter, AnthropicStreamWriter
 from nexus_trio.dialects.assembly import ChatAssembler
 from nexus_trio.dialects.base import Dialect, Downstream
 from nexus_trio.dialects.openai_chat import (
@@ -24,7 +30,10 @@ from nexus_trio.dialects.responses_writer import (
 )
 
 __all__ = [
+    "ANTHROPIC",
     "CHAT",
+    "AnthropicJSONWriter",
+    "AnthropicStreamWriter",
     "ChatAssembler",
     "Dialect",
     "Downstream",
@@ -34,6 +43,8 @@ __all__ = [
     "ResponsesJSONWriter",
     "ResponsesStreamWriter",
     "parse_chat_request",
+    "parse_count_tokens_request",
+    "parse_messages_request",
     "parse_responses_request",
     "responses_dialect",
 ]
