@@ -25,7 +25,7 @@ from nexus_trio.errors import RequestError
 __all__ = ["KeptResponse", "ResponseNotKept", "ResponseStore"]
 
 # The setting that bounds the store, for the error that tells how to change it.
-_SETTING = "responses_kept in the config file's [server] table"
+_SETTING = "server.responses_kept (NEXUS_RESPONSES_KEPT)"
 
 
 @dataclass(frozen=True, slots=True)

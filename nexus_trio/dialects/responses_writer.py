@@ -41,12 +41,13 @@ from nexus_trio.dialects.response_store import KeptResponse, ResponseStore
 from nexus_trio.dialects.responses import ResponsesOrigin, parse_responses_request
 from nexus_trio.dialects.responses_output import Event, ResponseBuilder
 from nexus_trio.errors import NexusError, error_body
+from nexus_trio.proxy.sse import named_event
 from nexus_trio.proxy.tracker import Admitted, add_usage
 from nexus_trio.proxy.writer import WholeAnswer, Writer, nexus_headers
 from nexus_trio.routing.requirements import ChatRequest
 from nexus_trio.routing.router import Candidate
 
-__all__ = ["ResponsesJSONWriter", "ResponsesStreamWriter", "responses_dialect", "sse_event"]
+__all__ = ["ResponsesJSONWriter", "ResponsesStreamWriter", "responses_dialect"]
 
 # How long a whole answer, once assembled, may take to reach a slow client.
 _WHOLE_WRITE_SECONDS = 10.0
@@ -54,11 +55,6 @@ _WHOLE_WRITE_SECONDS = 10.0
 # it waits and retries on a rate limit, and stops on a full context window).
 _OPENAI_CODES = {"rate_limited": "rate_limit_exceeded",
                  "context_length_exceeded": "context_length_exceeded"}  # fmt: skip
-
-
-def sse_event(event: Event) -> bytes:
-    """One named SSE event: ``event: <type>`` and its JSON (the SDKs read both)."""
-    return b"event: " + str(event["type"]).encode() + b"\ndata: " + jsonparse.dumps(event) + b"\n\n"
 
 
 def _failure_code(error: NexusError) -> str:
@@ -166,7 +162,7 @@ class ResponsesStreamWriter(_ResponsesWriter):
         await self._downstream.end()
 
     async def _write(self, events: list[Event]) -> None:
-        await self._downstream.send(b"".join(map(sse_event, events)))
+        await self._downstream.send(b"".join(named_event(e["type"], e) for e in events))
 
 
 class ResponsesJSONWriter(_ResponsesWriter):
