@@ -494,10 +494,14 @@ def parse_messages_request(body: bytes, routing: RoutingSettings) -> ChatRequest
     payload = _upstream(request, max_tokens, stream)
     stop = payload.get("stop", [])
     origin = MessagesOrigin(model=payload["model"], stop_sequences=tuple(stop))
+    # Anthropic requires max_tokens, and clients set it to the most a Claude model may
+    # write (Claude Code: 32,000 and up), not to what they expect: routing asks only that
+    # the prompt fit, and the backend stops where its context ends.
+    uncapped = {key: value for key, value in payload.items() if key != "max_tokens"}
     return ChatRequest(
         body=jsonparse.dumps(payload),
         payload=payload,
-        needs=chat_requirements(payload, payload["model"], stream),
+        needs=chat_requirements(uncapped, payload["model"], stream),
         streamed_upstream=True,
         client_wants_usage=False,
         origin=origin,
