@@ -264,14 +264,13 @@ def to_chat_messages(value: object) -> list[Message]:
                 calls_to["tool_calls"] = []
             calls_to["tool_calls"].append(call)
             continue
+        if kind in _DROPPED_ITEMS:
+            continue  # transparent: calls around a reasoning item are one run
         calls_to = None
         if kind == "message":
-            message = _message(item, param)
-            messages.append(message)
+            messages.append(_message(item, param))
         elif kind == "function_call_output":
             messages.append(_tool_output(item, param))
-        elif kind in _DROPPED_ITEMS:
-            continue
         elif kind == "item_reference":
             raise _invalid(
                 f"'{param}' is an item_reference: Nexus keeps whole conversations, not "
@@ -305,9 +304,19 @@ def _message(item: Mapping[str, Any], param: str) -> Message:
             f"{param}.content",
         )
     parts = _parts(content, f"{param}.content", refusals=role == "assistant")
-    if role == "user" and any(part["type"] != "text" for part in parts):
-        return {"role": role, "content": parts}
-    # Assistant and system turns as one string: every backend's template takes that.
+    if role == "user":
+        if any(part["type"] != "text" for part in parts):
+            return {"role": role, "content": parts}
+    else:
+        for index, part in enumerate(parts):
+            if part["type"] != "text":
+                where = f"{param}.content[{index}]"
+                raise _invalid(
+                    f"'{where}' is an image in a {item.get('role')} message; models take "
+                    "images from the user only.",
+                    where,
+                )
+    # Text as one string: every backend's template takes that.
     return {"role": role, "content": "".join(part["text"] for part in parts)}
 
 

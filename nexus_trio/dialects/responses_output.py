@@ -293,6 +293,10 @@ class ResponseBuilder:
             item["name"] = name if isinstance(name, str) else ""
             if call_id is None:  # a server that names no id: one the next turn can use
                 item["call_id"] = _item_id("call")
+            elif any(c.get("call_id") == call_id for c in self.output):
+                # The id of an earlier call again: clients know calls by id (the SDK
+                # refuses two alike), and the next turn must tell their outputs apart.
+                item["call_id"] = f"{call_id}_{len(self.output)}"
             current = self._add_item(item, events)
             current.upstream_index, current.named = upstream_index, call_id is not None
         else:
