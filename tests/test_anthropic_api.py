@@ -9,6 +9,8 @@ import anthropic
 import pytest
 import trio
 
+from nexus_trio.backends.tokenize import estimate_input_tokens
+from nexus_trio.dialects import parse_count_tokens_request
 from nexus_trio.testing import Flavor
 from nexus_trio.testing._text import (
     answer_tokens,
@@ -16,6 +18,7 @@ from nexus_trio.testing._text import (
     expected_answer,
     tool_arguments,
 )
+from nexus_trio.testing._tokenize import chat_prompt
 
 from helpers import sim
 
@@ -483,3 +486,56 @@ async def test_a_claude_code_like_request(start_nexus: Any) -> None:
         assert key not in upstream
     text = message.content[0].text  # type: ignore[union-attr]
     assert text == expected_answer(MODEL, upstream["messages"])
+
+
+COUNTED: list[Any] = [
+    {"role": "user", "content": "Weather in Paris?"},
+    {"role": "assistant", "content": "Let me look."},
+    {"role": "user", "content": "And in Rome, tomorrow?"},
+]
+
+
+async def test_count_tokens_from_llamacpps_tokenizer(start_nexus: Any) -> None:
+    backend = sim("a", Flavor.LLAMACPP)
+    nexus = await start_nexus([backend])
+    client = nexus.anthropic()
+    raw = await client.messages.with_raw_response.count_tokens(
+        model=MODEL, system="Be brief.", messages=COUNTED, extra_query={"beta": "true"}
+    )
+    counted = await raw.parse()
+    upstream = [{"role": "system", "content": "Be brief."}, *COUNTED]
+    assert counted.input_tokens == len(chat_prompt(upstream).split())
+    assert counted.input_tokens != estimate_input_tokens({"messages": upstream})
+    assert raw.headers["x-nexus-token-count"] == "backend"
+    assert raw.headers["x-nexus-backend"] == "a"
+    assert backend.stats.chat_requests == 0
+
+
+async def test_count_tokens_from_vllms_tokenizer(start_nexus: Any) -> None:
+    nexus = await start_nexus([sim("a", Flavor.VLLM)])
+    counted = await nexus.anthropic().messages.count_tokens(model=MODEL, messages=COUNTED)
+    assert counted.input_tokens == estimate_prompt_tokens(COUNTED)
+
+
+async def test_count_tokens_is_estimated_where_there_is_no_tokenizer(start_nexus: Any) -> None:
+    nexus = await start_nexus([sim("a", Flavor.OLLAMA)])
+    raw = await nexus.anthropic().messages.with_raw_response.count_tokens(
+        model=MODEL, messages=COUNTED, tools=[WEATHER]
+    )
+    counted = await raw.parse()
+    chat = parse_count_tokens_request(
+        json.dumps({"model": MODEL, "messages": COUNTED, "tools": [WEATHER]}).encode()
+    )
+    assert counted.input_tokens == estimate_input_tokens(chat.payload)
+    assert counted.input_tokens > estimate_input_tokens({"messages": COUNTED})  # the tools
+    assert raw.headers["x-nexus-token-count"] == "estimate"
+
+
+async def test_count_tokens_errors_are_anthropics(start_nexus: Any) -> None:
+    nexus = await start_nexus([sim("a", Flavor.LLAMACPP)])
+    client = nexus.anthropic()
+    with pytest.raises(anthropic.NotFoundError) as caught:
+        await client.messages.count_tokens(model="claude-nope", messages=COUNTED)
+    assert caught.value.body["error"]["type"] == "not_found_error"  # type: ignore[index]
+    with pytest.raises(anthropic.BadRequestError):
+        await client.messages.count_tokens(model=MODEL, messages=[])

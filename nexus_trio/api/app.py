@@ -19,6 +19,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from nexus_trio import __version__
 from nexus_trio.api.admin import make_admin_blueprint
+from nexus_trio.api.count_tokens import make_count_tokens_blueprint
 from nexus_trio.api.dashboard import make_dashboard_blueprint
 from nexus_trio.api.frame import ASGIDownstream, serve_inference
 from nexus_trio.api.observe import make_observe_blueprint
@@ -63,6 +64,7 @@ def make_quart_app(gateway: Gateway) -> QuartTrio:
     app.config["RESPONSE_TIMEOUT"] = None
     app.register_blueprint(make_admin_blueprint(gateway))
     app.register_blueprint(make_observe_blueprint(gateway))
+    app.register_blueprint(make_count_tokens_blueprint(gateway))
     app.register_blueprint(make_dashboard_blueprint(gateway))
     registry = gateway.registry
     routing = gateway.settings.routing

@@ -1,9 +1,9 @@
 """Which paths each flavour serves, and the OpenAI-compatible side of each server.
 
 - vLLM: ``/health`` (200, empty), ``/version``, ``/v1/models`` with ``max_model_len``,
-  ``/metrics``.
+  ``/metrics``, ``/tokenize``.
 - llama.cpp server: ``/health``, ``/props``, ``/slots``, ``/v1/models`` with ``meta``,
-  ``/metrics`` (as if started with ``--metrics``).
+  ``/metrics`` (as if started with ``--metrics``), ``/apply-template``, ``/tokenize``.
 - Ollama: see ``_ollama``; its ``/v1/models`` entries are ``owned_by`` the namespace.
 - generic: ``/v1/models`` and ``/v1/chat/completions`` only.
 - LM Studio, exo, LocalAI: see ``_native``.
@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
-from . import _native, _ollama
+from . import _native, _ollama, _tokenize
 from ._catalog import CREATED, card
 from ._chat import handle_chat
 from ._completions import FINGERPRINTS
@@ -235,6 +235,7 @@ ROUTES: Final[Mapping[Flavor, Mapping[str, Mapping[str, Route]]]] = {
         "/metrics": {"GET": vllm_metrics},
         "/v1/models": {"GET": vllm_models},
         "/v1/chat/completions": _CHAT,
+        "/tokenize": {"POST": _tokenize.vllm_tokenize},
     },
     Flavor.LLAMACPP: {
         "/health": {"GET": llamacpp_health},
@@ -246,6 +247,8 @@ ROUTES: Final[Mapping[Flavor, Mapping[str, Mapping[str, Route]]]] = {
         "/v1/models": {"GET": llamacpp_models},
         "/chat/completions": _CHAT,
         "/v1/chat/completions": _CHAT,
+        "/apply-template": {"POST": _tokenize.llamacpp_apply_template},
+        "/tokenize": {"POST": _tokenize.llamacpp_tokenize},
     },
     Flavor.GENERIC: {
         "/v1/models": {"GET": generic_models},
