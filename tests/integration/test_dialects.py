@@ -44,7 +44,8 @@ def test_anthropic_messages_give_the_chat_answer(chat_answer: tuple[str, Any]) -
             "system": SYSTEM,
             "messages": [{"role": "user", "content": QUESTION}],
             "max_tokens": MAX_TOKENS,
-            "temperature": 0,
+            # This SDK no longer offers temperature as an argument; the API still takes it.
+            "extra_body": {"temperature": 0},
         }
         message = client.messages.create(**request)
         assert "".join(b.text for b in message.content if b.type == "text") == expected
