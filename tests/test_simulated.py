@@ -423,6 +423,25 @@ async def test_fixed_tool_arguments_pick_their_tool_and_fill_its_call(
     assert (other.choices[0].message.tool_calls or [])[0].function.name == "get_time"
 
 
+async def test_a_trailing_system_message_ends_the_users_turn_unless_told_otherwise(
+    nursery: trio.Nursery,
+) -> None:
+    notes = [*MESSAGES, {"role": "system", "content": "The user is on Linux."}]
+    strict = await start(nursery)
+    lenient = await start(nursery, system_keeps_user_turn=True)
+    async with sdk(strict) as first, sdk(lenient) as second:
+        text = await first.chat.completions.create(model="llama3:8b", messages=notes, tools=[CLOCK])
+        call = await second.chat.completions.create(
+            model="llama3:8b", messages=notes, tools=[CLOCK]
+        )
+        only_system = await second.chat.completions.create(
+            model="llama3:8b", messages=notes[-1:], tools=[CLOCK]
+        )
+    assert text.choices[0].message.content == expected_answer("llama3:8b", notes)
+    assert call.choices[0].finish_reason == "tool_calls"
+    assert only_system.choices[0].finish_reason == "stop"
+
+
 async def test_tool_choice_none_and_tool_results_get_text(nursery: trio.Nursery) -> None:
     sim = await start(nursery)
     after_tool = [

@@ -56,6 +56,10 @@ class SimulatedBackend:
             real model fills them from the conversation (a path it was told of, say);
             a tool named here is called in preference to the first one offered. Other
             tools get generated ones (each required parameter, typed).
+        system_keeps_user_turn: system messages after the user's last message (Claude
+            Code sends its environment notes so) leave the turn the user's, so a tool
+            call may answer it, as a real model's would; by default only a conversation
+            that ends with the user's message gets a tool call.
 
     Example::
 
@@ -74,6 +78,7 @@ class SimulatedBackend:
     api_key: str | None = None
     echo_prefill: bool | None = None
     tool_arguments: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    system_keeps_user_turn: bool = False
     stats: SimStats = field(default_factory=SimStats)
 
     # run-time state

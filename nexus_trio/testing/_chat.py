@@ -92,6 +92,7 @@ async def _respond(backend: SimulatedBackend, request: Request, responder: Respo
             models=backend.models_by_id,
             echo_prefill=bool(backend.echo_prefill),
             fixed_arguments=backend.tool_arguments,
+            system_keeps_user_turn=backend.system_keeps_user_turn,
         )
     except ChatError as exc:
         await responder.send_json(exc.status, exc.payload)

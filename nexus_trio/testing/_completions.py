@@ -103,11 +103,14 @@ def plan_chat(
     models: Mapping[str, SimModel],
     echo_prefill: bool,
     fixed_arguments: Mapping[str, Mapping[str, Any]] | None = None,
+    system_keeps_user_turn: bool = False,
 ) -> Answer:
     """Validate a parsed request body and decide its answer.
 
     ``fixed_arguments`` maps tool names to the arguments a call to that tool carries
     (instead of generated ones); such a tool is called before the first one offered.
+    With ``system_keeps_user_turn``, system messages after the user's last one do not
+    end the user's turn: a tool call may still answer it.
 
     Raises:
         ChatError: the request is invalid (400), names an unknown model (404), or
@@ -166,7 +169,11 @@ def plan_chat(
         )
 
     fixed = fixed_arguments or {}
-    tool = _chosen_tool(tools, body.get("tool_choice"), messages[-1]["role"], fixed, fail)
+    turn = messages
+    if system_keeps_user_turn:
+        while len(turn) > 1 and turn[-1]["role"] == "system":
+            turn = turn[:-1]
+    tool = _chosen_tool(tools, body.get("tool_choice"), turn[-1]["role"], fixed, fail)
     if tool is not None:
         name = str(tool["function"]["name"])
         arguments = (

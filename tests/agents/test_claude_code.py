@@ -5,6 +5,11 @@ Nexus runs as a process in front of a simulated vLLM serving one local model, wi
 ``HOME``, a scratch working directory and nothing but loopback (see conftest.py). The
 simulated backend's answers are deterministic, so what Claude Code prints is checked word
 for word against the conversation the backend received.
+
+Claude Code shapes its request by model: for ``claude-sonnet-4-5`` the conversation ends
+with the user's message; for its default model (``claude-opus-5-5`` in this version) it
+ends with a system message of environment notes after the user's, and asks for adaptive
+thinking and an effort. Both are run.
 """
 
 from __future__ import annotations
@@ -25,33 +30,45 @@ from nexus_trio.testing._text import tool_call_id
 pytestmark = pytest.mark.agents
 
 LOCAL_MODEL = "qwen3-coder:30b"
-CLAUDE_MODEL = "claude-sonnet-4-5"  # any claude-* id: the alias maps it
+# Any claude-* id: the alias maps it; [] lets Claude Code pick its default model.
+SONNET = ["--model", "claude-sonnet-4-5"]
+DEFAULT: list[str] = []
 ALIASES = {"claude-*": LOCAL_MODEL}
-# Claude Code asks for max_tokens 32000 on top of a prompt of some 20,000 words.
+# Claude Code asks for max_tokens 32,000 (128,000 for its default model) on top of a prompt
+# of some 5,000 words; vLLM refuses a request whose prompt and max_tokens exceed the context.
 CONTEXT_LENGTH = 262_144
 CLAUDE_SECONDS = 120  # a bound against a hang; a run takes a second or two
 NOTE = "The lighthouse keeper counts 7 ships at dawn."
 
 
-def local_backend(**kwargs: Any) -> SimulatedBackend:
-    model = SimModel(LOCAL_MODEL, context_length=CONTEXT_LENGTH, tools=True)
-    return SimulatedBackend(Flavor.VLLM, [model], name="vllm", **kwargs)
+def local_backend(context_length: int = CONTEXT_LENGTH, **kwargs: Any) -> SimulatedBackend:
+    model = SimModel(LOCAL_MODEL, context_length=context_length, tools=True)
+    # Claude Code's environment notes after the user's message leave the turn the user's.
+    return SimulatedBackend(
+        Flavor.VLLM, [model], name="vllm", system_keeps_user_turn=True, **kwargs
+    )
 
 
 async def run_claude(
-    claude_bin: str, nexus: Nexus, tmp_path: Path, prompt: str, *options: str
+    claude_bin: str,
+    nexus: Nexus,
+    tmp_path: Path,
+    prompt: str,
+    *options: str,
+    environ: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
     """``claude -p PROMPT`` against ``nexus``, in ``tmp_path/work``, with a fresh HOME."""
     home = tmp_path / "home"
     home.mkdir(exist_ok=True)
     environ = {
+        **(environ or {}),
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": str(home),
         "ANTHROPIC_BASE_URL": nexus.url,
         "ANTHROPIC_API_KEY": "any",  # Nexus takes none unless configured to
         "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
     }
-    command = [claude_bin, "-p", prompt, "--model", CLAUDE_MODEL, *options]
+    command = [claude_bin, "-p", prompt, *options]
     with trio.fail_after(CLAUDE_SECONDS):
         return await trio.run_process(
             command,
@@ -78,13 +95,14 @@ def workdir(tmp_path: Path) -> Path:
     return work
 
 
+@pytest.mark.parametrize("model", [SONNET, DEFAULT], ids=["sonnet-4-5", "default-model"])
 async def test_claude_code_prints_the_local_models_answer(
-    nursery: trio.Nursery, claude_bin: str, tmp_path: Path, workdir: Path
+    nursery: trio.Nursery, claude_bin: str, tmp_path: Path, workdir: Path, model: list[str]
 ) -> None:
     backend = local_backend()
     nexus = await start_nexus_process(nursery, tmp_path, [backend], ALIASES)
     # No tools offered, so the model answers in text at once.
-    result = await run_claude(claude_bin, nexus, tmp_path, "Say hello.", "--tools", "")
+    result = await run_claude(claude_bin, nexus, tmp_path, "Say hello.", *model, "--tools", "")
     assert result.returncode == 0, explain(result, nexus)
     body = backend.stats.last_chat_body
     assert body is not None
@@ -92,16 +110,41 @@ async def test_claude_code_prints_the_local_models_answer(
     assert result.stdout.decode().strip() == expected_answer(LOCAL_MODEL, body["messages"])
 
 
-@pytest.mark.parametrize("tools", [["--tools", "Read"], []], ids=["tools-Read", "default-tools"])
+async def test_a_32k_model_takes_claude_code_with_its_output_capped(
+    nursery: trio.Nursery, claude_bin: str, tmp_path: Path, workdir: Path
+) -> None:
+    backend = local_backend(context_length=32_768)
+    nexus = await start_nexus_process(nursery, tmp_path, [backend], ALIASES)
+    capped = {"CLAUDE_CODE_MAX_OUTPUT_TOKENS": "8192"}
+    options = [*SONNET, "--tools", ""]
+    result = await run_claude(claude_bin, nexus, tmp_path, "Say hello.", *options, environ=capped)
+    assert result.returncode == 0, explain(result, nexus)
+    body = backend.stats.last_chat_body
+    assert body is not None
+    assert body["max_tokens"] == 8192
+    assert result.stdout.decode().strip() == expected_answer(LOCAL_MODEL, body["messages"])
+
+
+@pytest.mark.parametrize(
+    ("model", "tools"),
+    [(SONNET, ["--tools", "Read"]), (SONNET, []), (DEFAULT, ["--tools", "Read"])],
+    ids=["sonnet-4-5-Read", "sonnet-4-5-default-tools", "default-model-Read"],
+)
 async def test_claude_code_reads_a_file_through_a_tool_call(
-    nursery: trio.Nursery, claude_bin: str, tmp_path: Path, workdir: Path, tools: list[str]
+    nursery: trio.Nursery,
+    claude_bin: str,
+    tmp_path: Path,
+    workdir: Path,
+    model: list[str],
+    tools: list[str],
 ) -> None:
     note = workdir / "notes.txt"
     note.write_text(NOTE + "\n")
     # The model asks to Read this very file (a simulated model cannot read the prompt).
     backend = local_backend(tool_arguments={"Read": {"file_path": str(note)}})
     nexus = await start_nexus_process(nursery, tmp_path, [backend], ALIASES)
-    result = await run_claude(claude_bin, nexus, tmp_path, "What does notes.txt say?", *tools)
+    prompt = "What does notes.txt say?"
+    result = await run_claude(claude_bin, nexus, tmp_path, prompt, *model, *tools)
     assert result.returncode == 0, explain(result, nexus)
     # First the tool call, then the answer to its result: two requests.
     assert dict(backend.stats.chat_by_model) == {LOCAL_MODEL: 2}, explain(result, nexus)
