@@ -11,7 +11,7 @@ import trio
 
 from nexus_trio.backends.tokenize import estimate_input_tokens
 from nexus_trio.dialects import parse_count_tokens_request
-from nexus_trio.testing import Flavor
+from nexus_trio.testing import Flavor, SimModel, SimulatedBackend
 from nexus_trio.testing._text import (
     answer_tokens,
     estimate_prompt_tokens,
@@ -128,6 +128,20 @@ async def test_max_tokens_stops_the_answer(start_nexus: Any) -> None:
         streamed = await stream.get_final_message()
     assert streamed.stop_reason == "max_tokens"
     assert streamed.usage.output_tokens == 3
+
+
+@pytest.mark.parametrize(("context", "sent"), [(8192, None), (100_000, 32_000)])
+async def test_a_limit_the_context_cannot_hold_is_not_sent(
+    start_nexus: Any, context: int, sent: int | None
+) -> None:
+    # Claude Code asks for 32,000 tokens whatever the model; a vLLM whose context is
+    # smaller refuses such a request (prompt + max_tokens > max_model_len).
+    backend = SimulatedBackend(Flavor.VLLM, [SimModel(MODEL, context_length=context)], name="a")
+    nexus = await start_nexus([backend])
+    message = await streamed(nexus.anthropic(), model=MODEL, max_tokens=32_000, messages=ASKED)
+    assert "".join(b.text for b in message.content if b.type == "text") == FULL
+    assert backend.stats.last_chat_body is not None
+    assert backend.stats.last_chat_body.get("max_tokens") == sent
 
 
 @pytest.mark.parametrize("stream", [False, True])

@@ -496,7 +496,8 @@ def parse_messages_request(body: bytes, routing: RoutingSettings) -> ChatRequest
     origin = MessagesOrigin(model=payload["model"], stop_sequences=tuple(stop))
     # Anthropic requires max_tokens, and clients set it to the most a Claude model may
     # write (Claude Code: 32,000 and up), not to what they expect: routing asks only that
-    # the prompt fit, and the backend stops where its context ends.
+    # the prompt fit, and a backend whose context cannot hold the limit is asked without
+    # it (`ChatRequest.limit_is_ceiling`), stopping where its context ends.
     uncapped = {key: value for key, value in payload.items() if key != "max_tokens"}
     return ChatRequest(
         body=jsonparse.dumps(payload),
@@ -505,6 +506,7 @@ def parse_messages_request(body: bytes, routing: RoutingSettings) -> ChatRequest
         streamed_upstream=True,
         client_wants_usage=False,
         origin=origin,
+        limit_is_ceiling=True,
     )
 
 

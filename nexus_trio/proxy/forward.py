@@ -126,6 +126,16 @@ async def _pass_through(exchange: Exchange, answer: WholeAnswer) -> None:
     await exchange.writer.pass_through(answer)
 
 
+def _context_length(candidate: Candidate) -> int | None:
+    """How many tokens the candidate's model holds, if its backend said."""
+    info = candidate.backend.models.get(candidate.model)
+    return info.context_length if info is not None else None
+
+
+def _body_for(chat: ChatRequest, candidate: Candidate) -> bytes:
+    return chat.body_for(candidate.model, _context_length(candidate))
+
+
 # -- answered in one piece -------------------------------------------------------------
 
 
@@ -136,7 +146,7 @@ async def _whole_chat(
         exchange.outcome.started(candidate)
         with exchange.registry.occupy(candidate.backend):
             try:
-                answer = await _ask_whole(exchange, candidate, chat.body_for(candidate.model))
+                answer = await _ask_whole(exchange, candidate, _body_for(chat, candidate))
             except BackendError as failure:
                 _failed(exchange, candidate, failure)
                 continue
@@ -208,8 +218,7 @@ async def _stream_chat(
 ) -> None:
     while True:  # once, unless an answer that reached nobody yet must start over
         opened = await _open_first(
-            exchange, queue, lambda c: chat.body_for(c.model), routing.hedge_after_ms,
-            decision.model,
+            exchange, queue, lambda c: _body_for(chat, c), routing.hedge_after_ms, decision.model,
         )  # fmt: skip
         if isinstance(opened, WholeAnswer):
             await _pass_through(exchange, opened)
@@ -384,11 +393,12 @@ async def _continue(
         exchange.registry,
         exchange.tried,
     )
-    payload, prefill, produced = chat.payload, tracker.text, tracker.content_chunks
+    prefill, produced = tracker.text, tracker.content_chunks
     try:
         opened = await _open_first(
             exchange, queue,
-            lambda c: continuation_body(payload, c.backend.type, c.model, prefill, produced),
+            lambda c: continuation_body(chat.payload_for(_context_length(c)), c.backend.type,
+                                        c.model, prefill, produced),
             routing.hedge_after_ms, decision.model,
         )  # fmt: skip
     except AllBackendsFailed:

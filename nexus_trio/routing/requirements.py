@@ -44,10 +44,33 @@ class ChatRequest:
     # Anthropic or Responses request as the client sent it, its tool-call ids); None for
     # OpenAI chat, whose answer is the backend's own. Opaque here: only its writer reads it.
     origin: Any = None
+    # The client's ``max_tokens`` is the most it takes, not what it needs: Anthropic requires
+    # one, and clients send what a Claude model may write (Claude Code: 32,000 and up). A
+    # backend whose context cannot hold it would refuse the request (vLLM answers 400), so
+    # such a backend is asked without a limit and stops where its context ends.
+    limit_is_ceiling: bool = False
 
-    def body_for(self, model: str) -> bytes:
-        """The body to send upstream: the client's bytes, unless the model name must change."""
-        if model == self.needs.model:
+    def payload_for(self, context_length: int | None) -> dict[str, Any]:
+        """The request's JSON for a model with ``context_length`` (None: not known): the
+        payload, without its limit when that is a ceiling the context cannot hold."""
+        if not (self.limit_is_ceiling and context_length):
+            return self.payload
+        limit = max((v for k in _LIMITS if isinstance(v := self.payload.get(k), int)), default=0)
+        # The prompt, counted generously (two bytes of the body a token, tools included):
+        # dropping a limit that would have fitted costs nothing the context does not bound.
+        if limit + len(self.body) // 2 <= context_length:
+            return self.payload
+        return {key: value for key, value in self.payload.items() if key not in _LIMITS}
+
+    def body_for(self, model: str, context_length: int | None = None) -> bytes:
+        """The body to send upstream for ``model`` (whose context holds ``context_length``
+        tokens, if known): the client's bytes, unless the model name or the limit must
+        change."""
+        payload = self.payload_for(context_length)
+        if model == self.needs.model and payload is self.payload:
             return self.body
         # ASCII escapes: the same JSON, and a lone surrogate the client sent survives.
-        return json.dumps({**self.payload, "model": model}).encode()
+        return json.dumps({**payload, "model": model}).encode()
+
+
+_LIMITS = ("max_tokens", "max_completion_tokens")
