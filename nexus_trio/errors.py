@@ -8,6 +8,7 @@ its message says what to do next::
     ├── ConfigError                 never reaches HTTP: `nexus` exits with code 2
     ├── RequestError                400  the client must change the request
     │   ├── BodyTooLarge            413
+    │   ├── MethodNotAllowed        405  with Allow
     │   ├── ModelNotFound           404  model_not_found
     │   ├── ModelCannotServe        400  no backend of the model has the capability
     │   ├── ContextLengthExceeded   400  context_length_exceeded
@@ -55,6 +56,7 @@ __all__ = [
     "BodyTooLarge",
     "ConfigError",
     "ContextLengthExceeded",
+    "MethodNotAllowed",
     "ModelCannotServe",
     "ModelNotFound",
     "NexusError",
@@ -110,6 +112,18 @@ class RequestError(NexusError):
 class BodyTooLarge(RequestError):
     status = 413
     code = "request_too_large"
+
+
+class MethodNotAllowed(RequestError):
+    status = 405
+    code = "method_not_allowed"
+
+    def __init__(self, path: str, allowed: str = "POST") -> None:
+        super().__init__(f"{path} only accepts {allowed}.")
+        self.allowed = allowed
+
+    def headers(self) -> list[tuple[str, str]]:
+        return [("allow", self.allowed)]
 
 
 class ModelNotFound(RequestError):

@@ -414,6 +414,9 @@ async def test_get_is_not_allowed(start_nexus: Any) -> None:
     nexus = await start_nexus([sim("a")])
     response = await nexus.http.get("/v1/messages")
     assert response.status_code == 405
+    assert response.headers["allow"] == "POST"
+    assert response.json()["type"] == "error"  # in Anthropic's shape, on its route
+    assert response.json()["error"]["type"] == "invalid_request_error"
 
 
 async def test_keys_never_reach_the_backend_and_the_query_is_ignored(start_nexus: Any) -> None:

@@ -85,6 +85,7 @@ async def test_wrong_method_and_unknown_path(start_nexus: Any) -> None:
     nexus = await start_nexus([sim("a")])
     response = await nexus.http.get(CHAT)
     assert response.status_code == 405
+    assert response.headers["allow"] == "POST"
     assert error_of(response)["code"] == "method_not_allowed"
     response = await nexus.http.get("/v2/nothing")
     assert response.status_code == 404

@@ -1,15 +1,15 @@
-"""The ASGI application: chat completions on the proxy's own path, the rest on Quart.
+"""The ASGI application: the inference APIs on the proxy's own path, the rest on Quart.
 
-``make_app`` returns one ASGI callable. ``POST /v1/chat/completions`` goes to the
-request pipeline, `nexus_trio.api.frame`, with the OpenAI chat dialect (see there for
-why it is plain ASGI); every other path, and the lifespan protocol, goes to the
-quart-trio app built here. Every error, from either side, is an OpenAI-shaped JSON
-body — never HTML.
+``make_app`` returns one ASGI callable. ``POST /v1/chat/completions``, ``/v1/messages``
+and ``/v1/responses`` go to the request pipeline, `nexus_trio.api.frame`, each with its
+dialect (see there for why it is plain ASGI); every other path, and the lifespan
+protocol, goes to the quart-trio app built here. Errors are JSON, never HTML: in the
+shape of the API the path belongs to (Anthropic's on ``/v1/messages*``), OpenAI's
+elsewhere.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
@@ -21,14 +21,14 @@ from nexus_trio import __version__
 from nexus_trio.api.admin import make_admin_blueprint
 from nexus_trio.api.count_tokens import make_count_tokens_blueprint
 from nexus_trio.api.dashboard import make_dashboard_blueprint
-from nexus_trio.api.frame import ASGIDownstream, serve_inference
+from nexus_trio.api.frame import ASGIDownstream, request_id_of, serve_inference
 from nexus_trio.api.observe import make_observe_blueprint
 from nexus_trio.api.responses import make_responses_blueprint
 from nexus_trio.catalog import listed_models, model_entry
 from nexus_trio.dialects import ANTHROPIC, CHAT, Dialect
 from nexus_trio.dialects.response_store import ResponseStore
 from nexus_trio.dialects.responses_writer import responses_dialect
-from nexus_trio.errors import ModelNotFound, NexusError, error_body
+from nexus_trio.errors import MethodNotAllowed, ModelNotFound, NexusError, error_body
 from nexus_trio.gateway import Gateway
 from nexus_trio.routing.router import nearest_models
 
@@ -140,8 +140,9 @@ def make_quart_app(gateway: Gateway) -> QuartTrio:
             )
         if status == 404:
             message = (
-                "No such endpoint. Nexus serves /v1/chat/completions, /v1/models, /v1/stats, "
-                "/v1/history, /health, /metrics and the dashboard at /."
+                "No such endpoint. Nexus serves /v1/chat/completions, /v1/messages (Anthropic), "
+                "/v1/responses, /v1/models, /v1/stats, /v1/history, /health, /metrics and "
+                "the dashboard at /."
             )
         else:
             message = f"{error.name}: {error.description}"
@@ -181,17 +182,8 @@ def make_app(gateway: Gateway) -> Any:
             await quart_app(scope, receive, send)  # type: ignore[arg-type]
         elif scope["method"] == "POST":
             await serve_inference(gateway, dialect, scope, receive, send)
-        else:
-            await ASGIDownstream(send).respond(
-                405,
-                [("content-type", "application/json"), ("allow", "POST")],
-                json.dumps(
-                    error_body(
-                        f"{scope['path']} only accepts POST.",
-                        "invalid_request_error",
-                        code="method_not_allowed",
-                    )
-                ).encode(),
-            )
+        else:  # answered in the API's own error shape
+            writer = dialect.writer(None, ASGIDownstream(send), request_id_of(scope))
+            await writer.fail(MethodNotAllowed(scope["path"]))
 
     return app

@@ -11,15 +11,14 @@ Claude Code calls this often (with ``?beta=true``, which is ignored).
 
 from __future__ import annotations
 
-import uuid
-
 from quart import Blueprint, Response, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from nexus_trio import jsonparse
+from nexus_trio.api.frame import sane_request_id
 from nexus_trio.backends.tokenize import count_prompt_tokens, estimate_input_tokens
 from nexus_trio.dialects.anthropic import parse_count_tokens_request
-from nexus_trio.dialects.anthropic_events import anthropic_error, error_body
+from nexus_trio.dialects.anthropic_writer import error_response
 from nexus_trio.errors import BodyTooLarge, NexusError, NoHealthyBackend
 from nexus_trio.gateway import Gateway
 from nexus_trio.routing.patience import plan_route_patiently
@@ -28,13 +27,9 @@ __all__ = ["make_count_tokens_blueprint"]
 
 
 def _anthropic_error(error: NexusError, request_id: str) -> Response:
-    status, type_ = anthropic_error(error.status)
-    response = Response(
-        jsonparse.dumps(error_body(type_, error.message, request_id)),
-        status=status,
-        content_type="application/json",
-    )
-    for name, value in [*error.headers(), ("request-id", request_id), ("x-request-id", request_id)]:
+    status, headers, body = error_response(error.status, error.message, request_id, error.headers())
+    response = Response(body, status=status)
+    for name, value in headers:
         response.headers[name] = value
     return response
 
@@ -46,9 +41,7 @@ def make_count_tokens_blueprint(gateway: Gateway) -> Blueprint:
 
     @blueprint.post("/v1/messages/count_tokens")
     async def count_tokens() -> Response:
-        request_id = request.headers.get("x-request-id", "").strip()
-        if not (0 < len(request_id) <= 128 and request_id.isprintable()):
-            request_id = uuid.uuid4().hex
+        request_id = sane_request_id(request.headers.get("x-request-id"))
         try:
             try:
                 body = await request.get_data(as_text=False)

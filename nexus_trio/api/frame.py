@@ -44,7 +44,13 @@ from nexus_trio.proxy.writer import KEEP_ALIVE_SECONDS, Writer
 from nexus_trio.routing.patience import plan_route_patiently
 from nexus_trio.routing.requirements import ChatRequest
 
-__all__ = ["ASGIDownstream", "header_value", "request_id_of", "serve_inference"]
+__all__ = [
+    "ASGIDownstream",
+    "header_value",
+    "request_id_of",
+    "sane_request_id",
+    "serve_inference",
+]
 
 log = logging.getLogger("nexus.api")
 
@@ -66,13 +72,19 @@ def header_value(value: str) -> bytes:
     return cleaned.encode("latin-1", "backslashreplace")
 
 
+def sane_request_id(text: str | None) -> str:
+    """``text`` (a client's ``X-Request-Id``) if it is a sane id, else a fresh one."""
+    text = (text or "").strip()
+    if 0 < len(text) <= _MAX_REQUEST_ID and text.isprintable():
+        return text
+    return uuid.uuid4().hex
+
+
 def request_id_of(scope: Scope) -> str:
     """The client's ``X-Request-Id`` when it sent a sane one, else a fresh one."""
     for name, value in scope.get("headers", ()):
         if name == b"x-request-id":
-            text: str = value.decode("latin-1").strip()
-            if 0 < len(text) <= _MAX_REQUEST_ID and text.isprintable():
-                return text
+            return sane_request_id(value.decode("latin-1"))
     return uuid.uuid4().hex
 
 

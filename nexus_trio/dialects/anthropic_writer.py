@@ -42,7 +42,13 @@ from nexus_trio.proxy.writer import Headers, WholeAnswer, Writer, nexus_headers
 from nexus_trio.routing.requirements import ChatRequest
 from nexus_trio.routing.router import Candidate
 
-__all__ = ["AnthropicJSONWriter", "AnthropicStreamWriter", "answer_error", "messages_writer"]
+__all__ = [
+    "AnthropicJSONWriter",
+    "AnthropicStreamWriter",
+    "answer_error",
+    "error_response",
+    "messages_writer",
+]
 
 # How long a whole answer, once assembled, may take to reach a slow client.
 _WHOLE_WRITE_SECONDS = 10.0
@@ -58,14 +64,11 @@ def _id_headers(request_id: str) -> Headers:
     return [("request-id", request_id)]
 
 
-async def answer_error(
-    downstream: Downstream,
-    status: int,
-    message: str,
-    request_id: str,
-    headers: Sequence[tuple[str, str]] = (),
-) -> None:
-    """An error response in Anthropic's shape, for Nexus's ``status`` (nothing sent yet)."""
+def error_response(
+    status: int, message: str, request_id: str, headers: Sequence[tuple[str, str]] = ()
+) -> tuple[int, Headers, bytes]:
+    """An error response in Anthropic's shape for Nexus's ``status``: its status, headers
+    (``headers`` kept, such as ``Retry-After``) and body."""
     status, type_ = anthropic_error(status)
     body = jsonparse.dumps(error_body(type_, message, request_id))
     head = [
@@ -74,7 +77,18 @@ async def answer_error(
         *_id_headers(request_id),
         *headers,
     ]
-    await downstream.respond(status, head, body)
+    return status, head, body
+
+
+async def answer_error(
+    downstream: Downstream,
+    status: int,
+    message: str,
+    request_id: str,
+    headers: Sequence[tuple[str, str]] = (),
+) -> None:
+    """An error response in Anthropic's shape, for Nexus's ``status`` (nothing sent yet)."""
+    await downstream.respond(*error_response(status, message, request_id, headers))
 
 
 def _whole_usage(body: bytes) -> dict[str, int]:
