@@ -28,13 +28,21 @@ def test_readme_toml_loads(block: str) -> None:
 
 
 def test_readme_seed_config_means_what_it_says() -> None:
-    settings = settings_from_mapping(tomllib.loads(README_TOML[0]), environ={})
+    seed = next(block for block in README_TOML if "[[backends]]" in block)  # the first fleet
+    settings = settings_from_mapping(tomllib.loads(seed), environ={})
     assert [(b.name, b.type, b.priority) for b in settings.backends] == [
         ("local-ollama", BackendType.OLLAMA, 1),
         ("gpu-server", BackendType.VLLM, 2),
     ]
     assert settings.server.port == 8000
     assert settings.routing.strategy is Strategy.SMART
+
+
+def test_readme_claude_alias_maps_every_claude_model_id() -> None:
+    block = next(block for block in README_TOML if '"claude-*"' in block)
+    routing = settings_from_mapping(tomllib.loads(block), environ={}).routing
+    for model in ("claude-sonnet-4-5", "claude-haiku-4-5-20251001", "claude-opus-5"):
+        assert routing.resolve_alias(model) == "qwen3-coder:30b"
 
 
 def test_example_config_loads() -> None:
