@@ -10,6 +10,7 @@ its message says what to do next::
     │   ├── BodyTooLarge            413
     │   ├── MethodNotAllowed        405  with Allow
     │   ├── ModelNotFound           404  model_not_found
+    │   ├── ResponseNotKept         404  (previous_)response_not_found: /v1/responses ids
     │   ├── ModelCannotServe        400  no backend of the model has the capability
     │   ├── ContextLengthExceeded   400  context_length_exceeded
     │   ├── BackendNotFound         404  admin: no backend of that name
@@ -63,6 +64,7 @@ __all__ = [
     "NoHealthyBackend",
     "NotAServer",
     "RequestError",
+    "ResponseNotKept",
     "ShuttingDown",
     "error_body",
 ]
@@ -138,6 +140,24 @@ class ModelNotFound(RequestError):
         )
         super().__init__(f"The model {model!r} is not served by any backend.{hint}", param="model")
         self.model = model
+
+
+class ResponseNotKept(RequestError):
+    """A response id this Nexus does not keep (never made here, ``store: false``, or
+    evicted): 404, as OpenAI answers an unknown id."""
+
+    status = 404
+
+    def __init__(self, response_id: str, capacity: int, *, param: str | None) -> None:
+        super().__init__(
+            f"No response with id {response_id!r} is kept by this Nexus: it was not made "
+            f"here, was made with store: false, or was evicted, because only the last "
+            f"{capacity} responses are kept in memory (and none across a restart). Send the "
+            "whole conversation in 'input' instead, or keep more with server.responses_kept "
+            "(NEXUS_RESPONSES_KEPT).",
+            param=param,
+        )
+        self.code = "previous_response_not_found" if param else "response_not_found"
 
 
 class ModelCannotServe(RequestError):

@@ -280,7 +280,6 @@ def test_env_table_comes_from_the_schema() -> None:
         "NEXUS_PORT": "server.port",
         "NEXUS_ADMIN_TOKEN": "server.admin_token",
         "NEXUS_RESPONSES_KEPT": "server.responses_kept",
-        "NEXUS_RESPONSES_KEPT": "server.responses_kept",
         "NEXUS_DISCOVERY": "discovery.enabled",
         "NEXUS_HEALTH_CHECK": "health_check.enabled",
         "NEXUS_LOG_LEVEL": "logging.level",

@@ -17,11 +17,11 @@ from openai.lib.streaming.responses._responses import ResponseStreamState
 from openai.types.responses import ResponseStreamEvent
 
 from nexus_trio.config import RoutingSettings
-from nexus_trio.dialects.response_store import KeptResponse, ResponseNotKept, ResponseStore
+from nexus_trio.dialects.response_store import KeptResponse, ResponseStore
 from nexus_trio.dialects.responses import parse_responses_request
 from nexus_trio.dialects.responses_output import ResponseBuilder
 from nexus_trio.dialects.responses_writer import responses_dialect
-from nexus_trio.errors import RequestError
+from nexus_trio.errors import RequestError, ResponseNotKept
 from nexus_trio.proxy.writer import WholeAnswer
 
 ROUTING = RoutingSettings()

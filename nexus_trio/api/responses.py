@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from quart import Blueprint, Response, jsonify
 
-from nexus_trio.dialects.response_store import ResponseNotKept, ResponseStore
+from nexus_trio.dialects.response_store import ResponseStore
+from nexus_trio.errors import ResponseNotKept
 
 __all__ = ["make_responses_blueprint"]
 

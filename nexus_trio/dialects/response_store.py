@@ -20,12 +20,11 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from nexus_trio.errors import RequestError
+from nexus_trio.errors import ResponseNotKept
 
-__all__ = ["KeptResponse", "ResponseNotKept", "ResponseStore"]
+__all__ = ["KeptResponse", "ResponseStore"]
 
 # The setting that bounds the store, for the error that tells how to change it.
-_SETTING = "server.responses_kept (NEXUS_RESPONSES_KEPT)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,23 +33,6 @@ class KeptResponse:
 
     response: dict[str, Any]  # the Response object (``object: "response"``)
     conversation: tuple[dict[str, Any], ...]  # chat messages, the answer last
-
-
-class ResponseNotKept(RequestError):
-    """A response id this Nexus does not keep (never made here, ``store: false``, or
-    evicted): 404, as OpenAI answers an unknown id."""
-
-    status = 404
-
-    def __init__(self, response_id: str, capacity: int, *, param: str | None) -> None:
-        super().__init__(
-            f"No response with id {response_id!r} is kept by this Nexus: it was not made "
-            f"here, was made with store: false, or was evicted, because only the last "
-            f"{capacity} responses are kept in memory (and none across a restart). Send the "
-            f"whole conversation in 'input' instead, or keep more with {_SETTING}.",
-            param=param,
-        )
-        self.code = "previous_response_not_found" if param else "response_not_found"
 
 
 class ResponseStore:
