@@ -146,7 +146,9 @@ async def _whole_chat(
         exchange.outcome.started(candidate)
         with exchange.registry.occupy(candidate.backend):
             try:
-                answer = await _ask_whole(exchange, candidate, _body_for(chat, candidate))
+                answer = await _ask_whole(
+                    exchange, candidate, _body_for(chat, candidate), chat.path
+                )
             except BackendError as failure:
                 _failed(exchange, candidate, failure)
                 continue
@@ -155,7 +157,9 @@ async def _whole_chat(
     raise AllBackendsFailed(decision.model, exchange.outcome.failures)
 
 
-async def _ask_whole(exchange: Exchange, candidate: Candidate, body: bytes) -> WholeAnswer:
+async def _ask_whole(
+    exchange: Exchange, candidate: Candidate, body: bytes, path: str
+) -> WholeAnswer:
     """One non-streaming try at ``candidate``: its completion, or its refusal.
 
     Raises:
@@ -166,7 +170,7 @@ async def _ask_whole(exchange: Exchange, candidate: Candidate, body: bytes) -> W
     with trio.move_on_after(seconds):
         response: Http1Response | None = None
         try:
-            response = await exchange.client.open_chat(backend, exchange.request_id, body)
+            response = await exchange.client.open_chat(backend, exchange.request_id, body, path)
             if response.status_code != 200:
                 refusal = await read_refusal(response, candidate)
                 if isinstance(refusal, BackendError):
@@ -218,7 +222,8 @@ async def _stream_chat(
 ) -> None:
     while True:  # once, unless an answer that reached nobody yet must start over
         opened = await _open_first(
-            exchange, queue, lambda c: _body_for(chat, c), routing.hedge_after_ms, decision.model,
+            exchange, queue, lambda c: _body_for(chat, c), chat.path, routing.hedge_after_ms,
+            decision.model,
         )  # fmt: skip
         if isinstance(opened, WholeAnswer):
             await _pass_through(exchange, opened)
@@ -279,11 +284,13 @@ async def _open_first(
     exchange: Exchange,
     queue: CandidateQueue,
     body_for: BodyFor,
+    path: str,
     hedge_after_ms: int | None,
     model: str,
 ) -> OpenStream | WholeAnswer:
     """The first candidate from ``queue`` to produce a first token (failing over, maybe
-    hedging), or the first backend's own whole answer.
+    hedging), or the first backend's own whole answer; each is sent ``body_for`` it at
+    ``path``.
 
     Raises:
         AllBackendsFailed: none did.
@@ -292,17 +299,18 @@ async def _open_first(
         while (candidate := await queue.next()) is not None:
             exchange.outcome.started(candidate)
             try:
-                return await open_stream(exchange, candidate, body_for(candidate))
+                return await open_stream(exchange, candidate, body_for(candidate), path)
             except BackendError as failure:
                 _failed(exchange, candidate, failure)
         raise AllBackendsFailed(model, exchange.outcome.failures)
-    return await _race(exchange, queue, body_for, hedge_after_ms / 1000, model)
+    return await _race(exchange, queue, body_for, path, hedge_after_ms / 1000, model)
 
 
 async def _race(
     exchange: Exchange,
     queue: CandidateQueue,
     body_for: BodyFor,
+    path: str,
     hedge_after: float,
     model: str,
 ) -> OpenStream | WholeAnswer:
@@ -319,7 +327,7 @@ async def _race(
         async def run(candidate: Candidate, hedge: bool) -> None:
             nonlocal winner
             try:
-                opened = await open_stream(exchange, candidate, body_for(candidate))
+                opened = await open_stream(exchange, candidate, body_for(candidate), path)
             except BackendError as failure:
                 _failed(exchange, candidate, failure)
                 failed_send.send_nowait(None)
@@ -399,7 +407,7 @@ async def _continue(
             exchange, queue,
             lambda c: continuation_body(chat.payload_for(_context_length(c)), c.backend.type,
                                         c.model, prefill, produced),
-            routing.hedge_after_ms, decision.model,
+            chat.path, routing.hedge_after_ms, decision.model,
         )  # fmt: skip
     except AllBackendsFailed:
         why_not = (

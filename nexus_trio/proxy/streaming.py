@@ -32,7 +32,7 @@ from nexus_trio.proxy.tracker import Admitted, StreamTracker, carries_answer
 from nexus_trio.proxy.writer import WholeAnswer
 from nexus_trio.registry import Slot
 from nexus_trio.routing.router import Candidate
-from nexus_trio.upstream.client import translate_httpx_error
+from nexus_trio.upstream.client import CHAT_PATH, translate_httpx_error
 from nexus_trio.upstream.http1 import Http1Response
 
 __all__ = ["CLIENT_ERRORS", "OpenStream", "open_stream", "read_refusal", "relay"]
@@ -122,9 +122,10 @@ async def read_refusal(response: Http1Response, candidate: Candidate) -> WholeAn
 
 
 async def open_stream(
-    exchange: Exchange, candidate: Candidate, body: bytes
+    exchange: Exchange, candidate: Candidate, body: bytes, path: str = CHAT_PATH
 ) -> OpenStream | WholeAnswer:
-    """Phase 1 at ``candidate``: send, and read up to the first token.
+    """Phase 1 at ``candidate``: send ``body`` to its ``path``, and read up to the first
+    token.
 
     Raises:
         BackendError: it failed before its first token (the caller moves on).
@@ -138,7 +139,7 @@ async def open_stream(
     try:
         with trio.move_on_after(timeouts.first_token_seconds):
             try:
-                response = await exchange.client.open_chat(backend, exchange.request_id, body)
+                response = await exchange.client.open_chat(backend, exchange.request_id, body, path)
                 if response.status_code != 200:
                     refusal = await read_refusal(response, candidate)
                     if isinstance(refusal, BackendError):

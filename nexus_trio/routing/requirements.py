@@ -49,6 +49,9 @@ class ChatRequest:
     # backend whose context cannot hold it would refuse the request (vLLM answers 400), so
     # such a backend is asked without a limit and stops where its context ends.
     limit_is_ceiling: bool = False
+    # The backend endpoint the body goes to, under its base URL (chat completions unless a
+    # dialect asks another: completions, embeddings).
+    path: str = "/v1/chat/completions"
 
     def payload_for(self, context_length: int | None) -> dict[str, Any]:
         """The request's JSON for a model with ``context_length`` (None: not known): the

@@ -17,11 +17,15 @@ from nexus_trio.registry import Backend
 from nexus_trio.upstream.http1 import USER_AGENT, Http1Pool, Http1Response
 
 __all__ = [
+    "CHAT_PATH",
     "UpstreamClient",
     "backend_headers",
     "open_upstream_client",
     "translate_httpx_error",
 ]
+
+
+CHAT_PATH = "/v1/chat/completions"  # a backend's OpenAI chat endpoint, under its base URL
 
 
 class UpstreamClient(httpx.AsyncClient):
@@ -45,15 +49,18 @@ class UpstreamClient(httpx.AsyncClient):
             headers={"user-agent": USER_AGENT},
         )
 
-    async def open_chat(self, backend: Backend, request_id: str, body: bytes) -> Http1Response:
-        """POST a chat completion ``body`` to ``backend`` and return the response once its
-        head is in; its body is read by the caller, who must ``aclose()`` it.
+    async def open_chat(
+        self, backend: Backend, request_id: str, body: bytes, path: str = CHAT_PATH
+    ) -> Http1Response:
+        """POST an inference ``body`` (a chat completion unless ``path`` says otherwise) to
+        ``backend`` and return the response once its head is in; its body is read by the
+        caller, who must ``aclose()`` it.
 
         Raises:
             httpx.TransportError: the request could not be sent or the head not read.
         """
         headers = {**backend_headers(backend, request_id), "content-type": "application/json"}
-        return await self.chat.post(backend.url + "/v1/chat/completions", headers, body)
+        return await self.chat.post(backend.url + path, headers, body)
 
     async def aclose(self) -> None:
         try:
