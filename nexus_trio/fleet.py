@@ -34,7 +34,7 @@ import httpx
 import trio
 
 from nexus_trio.backends.checkup import check_with_deadline
-from nexus_trio.backends.detect import fingerprint
+from nexus_trio.backends.detect import fingerprint, nexus_refusal
 from nexus_trio.backends.listing import OllamaShowCache
 from nexus_trio.config import BackendType, Settings
 from nexus_trio.discovery.found import Found
@@ -107,8 +107,11 @@ class Fleet:
         client: httpx.AsyncClient,
         settings: Settings,
         state: StateFile | None = None,
+        *,
+        instance_id: str | None = None,
     ) -> None:
         self.registry = registry
+        self.instance_id = instance_id  # this Nexus's X-Nexus-Via: never its own backend
         self.client = client
         self.settings = settings
         self.state = state
@@ -230,11 +233,17 @@ class Fleet:
 
     async def _new_backend(self, found: Found, url: str, priority: int | None) -> Backend:
         kind = found.type
-        if kind is None:
+        # Detected when its type is unknown, and always for an admin add (a URL someone
+        # typed may be a Nexus): a Nexus is refused there. A type in the config file is
+        # trusted as it is written.
+        if kind is None or found.source == "admin":
             detected = await fingerprint(self.client, url)
-            if detected is None:
-                raise NotAServer(f"No LLM server answers at {url}.")
-            kind = detected.type
+            if detected is not None and (why := nexus_refusal(detected, self.instance_id)):
+                raise NotAServer(why)
+            if kind is None:
+                if detected is None:
+                    raise NotAServer(f"No LLM server answers at {url}.")
+                kind = detected.type
         name = self._unique_name(found.name or address_name(kind, url), found.source)
         backend = Backend(
             name=name,

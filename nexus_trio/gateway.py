@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from nexus_trio.config import Settings
 from nexus_trio.drain import Drain
+from nexus_trio.instance import new_instance_id
 from nexus_trio.observe import Observer
 from nexus_trio.registry import Registry
 from nexus_trio.upstream.client import UpstreamClient
@@ -34,6 +35,8 @@ class Gateway:
     fleet: Fleet | None = None  # adds and removes backends at run time (admin API)
     drain: Drain = field(default_factory=Drain)  # requests in flight; shutdown
     demo_fleet: list[SimulatedBackend] = field(default_factory=list)  # `nexus serve --demo`
+    # Sent on every response as X-Nexus-Via: detection refuses a server that answers with it.
+    instance_id: str = field(default_factory=new_instance_id)
 
     @property
     def draining(self) -> bool:

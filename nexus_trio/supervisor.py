@@ -58,6 +58,7 @@ from nexus_trio.drain import Drain
 from nexus_trio.fleet import Fleet, StateFile, default_state_path
 from nexus_trio.gateway import Gateway
 from nexus_trio.health import run_health
+from nexus_trio.instance import new_instance_id
 from nexus_trio.observe import Observer
 from nexus_trio.registry import Backend, Registry
 from nexus_trio.testing import SimulatedBackend, demo_fleet, serve_fleet
@@ -171,8 +172,10 @@ async def serve_nexus(
             backends += demo_backends(fleet_sims)
         registry = Registry(backends, settings.health_check)
         found, inbox = trio.open_memory_channel[Found](256)
+        instance_id = new_instance_id()
+        state = StateFile(default_state_path(settings))
         fleet = await root.start(
-            Fleet(registry, client, settings, StateFile(default_state_path(settings))).run, inbox
+            Fleet(registry, client, settings, state, instance_id=instance_id).run, inbox
         )
         await root.start(run_health, registry, client, settings.health_check)
         if fleet_sims:
@@ -186,12 +189,13 @@ async def serve_nexus(
         await root.start(
             lambda task_status: run_discovery(
                 settings.discovery, client, found, own_port=settings.server.port or None,
+                own_id=instance_id,
                 task_status=task_status,
             )
         )  # fmt: skip
         gateway = Gateway(
             settings, registry, client, Observer(settings, registry), fleet=fleet, drain=drain,
-            demo_fleet=fleet_sims,
+            demo_fleet=fleet_sims, instance_id=instance_id,
         )  # fmt: skip
         await root.start(gateway.observer.feed.run, registry, settings.routing, gateway.created)
         http_stop = trio.Event()  # hypercorn's shutdown trigger: set once we have drained

@@ -30,6 +30,7 @@ from nexus_trio.dialects.response_store import ResponseStore
 from nexus_trio.dialects.responses_writer import responses_dialect
 from nexus_trio.errors import MethodNotAllowed, ModelNotFound, NexusError, error_body
 from nexus_trio.gateway import Gateway
+from nexus_trio.instance import VIA_HEADER
 from nexus_trio.routing.router import nearest_models
 
 __all__ = ["make_app"]
@@ -176,7 +177,11 @@ def make_app(gateway: Gateway) -> Any:
         "/v1/messages": ANTHROPIC,
     }
 
+    via = (VIA_HEADER.encode(), gateway.instance_id.encode())
+
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            send = _marked(send, via)
         dialect = inference.get(scope["path"]) if scope["type"] == "http" else None
         if dialect is None:
             await quart_app(scope, receive, send)  # type: ignore[arg-type]
@@ -187,3 +192,16 @@ def make_app(gateway: Gateway) -> Any:
             await writer.fail(MethodNotAllowed(scope["path"]))
 
     return app
+
+
+def _marked(send: Any, via: tuple[bytes, bytes]) -> Any:
+    """``send`` adding ``X-Nexus-Via`` to the response head: every response, whoever
+    writes it (Quart, the inference pipeline, an error), says which Nexus sent it, so
+    that no Nexus takes it for a backend (`nexus_trio.instance`)."""
+
+    async def marked(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", ()), via]}
+        await send(message)
+
+    return marked

@@ -19,6 +19,11 @@ The evidence, checked in this order (the first match wins)::
     generic   GET /v1/models      an OpenAI list
     None      anything else: not an LLM server, or nothing answers
 
+A Nexus (any answer carries ``X-Nexus-Via``, `nexus_trio.instance`) is told apart
+whatever it looks like: `Fingerprint.nexus_via` holds its id, and `nexus_refusal`
+says why it must not be added (callers decide: discovery, probing and admin adds
+refuse it; a backend configured with its type in the config file is trusted).
+
 Why this order:
 
 - **A native endpoint proves the server itself**; ``owned_by`` in ``/v1/models``
@@ -55,6 +60,7 @@ import httpx
 import trio
 
 from nexus_trio.config import BackendType
+from nexus_trio.instance import VIA_HEADER
 from nexus_trio.registry import api_root
 from nexus_trio.upstream.client import translate_httpx_error
 
@@ -67,6 +73,7 @@ __all__ = [
     "classify",
     "detected_version",
     "fingerprint",
+    "nexus_refusal",
 ]
 
 log = logging.getLogger("nexus.discovery")
@@ -97,21 +104,25 @@ class ProbeAnswer:
         status: the HTTP status.
         data: the parsed JSON body, or None when the body is not JSON (or too long).
         text: the body decoded as UTF-8 (undecodable bytes replaced).
+        via: the ``X-Nexus-Via`` header: the answer came from (or through) that Nexus.
     """
 
     status: int
     data: object = None
     text: str = ""
+    via: str | None = None
 
     @classmethod
-    def from_body(cls, status: int, body: bytes, *, complete: bool = True) -> ProbeAnswer:
+    def from_body(
+        cls, status: int, body: bytes, *, complete: bool = True, via: str | None = None
+    ) -> ProbeAnswer:
         """Parse a body; ``complete=False`` marks one cut at :data:`MAX_BODY_BYTES`."""
         text = body.decode("utf-8", errors="replace")
         data: object = None
         if complete:
             with contextlib.suppress(ValueError):  # not JSON: the text is all there is
                 data = json.loads(text)
-        return cls(status, data, text)
+        return cls(status, data, text, via)
 
     @property
     def ok(self) -> bool:
@@ -128,11 +139,36 @@ class Fingerprint:
         type: the wire family, which selects the adapter.
         version: the server's own version string, where it tells one.
         url: the API root, as :func:`nexus_trio.registry.api_root` normalises it.
+        nexus_via: the instance id of the Nexus that answered, if one did (see
+            `nexus_refusal`).
     """
 
     type: BackendType
     version: str | None
     url: str
+    nexus_via: str | None = None
+
+
+def nexus_refusal(found: Fingerprint, own_id: str | None) -> str | None:
+    """Why the server ``found`` must not become a backend of the Nexus ``own_id``, or
+    None when it is no Nexus.
+
+    Itself (or a server that routes back to it) would loop every request; another
+    Nexus is a gateway, not a backend: its failover would run under ours, and the
+    moment it finds us the two route to each other.
+    """
+    if found.nexus_via is None:
+        return None
+    if found.nexus_via == own_id:
+        return (
+            f"{found.url} is this Nexus itself (or routes back to it: its answers carry "
+            f"our X-Nexus-Via id); a gateway cannot be its own backend."
+        )
+    return (
+        f"{found.url} is another Nexus (X-Nexus-Via {found.nexus_via}): a Nexus is a "
+        "gateway, not a backend; adding one builds loops and double failover. Add the "
+        "servers behind it instead (or configure it with its type in the config file)."
+    )
 
 
 # -- the decision (pure) ---------------------------------------------------------------------
@@ -253,12 +289,15 @@ def detected_version(kind: BackendType, answers: Mapping[str, ProbeAnswer]) -> s
 
 async def _get(client: httpx.AsyncClient, url: str, headers: Mapping[str, str]) -> ProbeAnswer:
     async with client.stream("GET", url, headers=headers) as response:
+        via = response.headers.get(VIA_HEADER)
         body = bytearray()
         async for chunk in response.aiter_bytes():
             body += chunk
             if len(body) > MAX_BODY_BYTES:
-                return ProbeAnswer.from_body(response.status_code, bytes(body), complete=False)
-        return ProbeAnswer.from_body(response.status_code, bytes(body))
+                return ProbeAnswer.from_body(
+                    response.status_code, bytes(body), complete=False, via=via
+                )
+        return ProbeAnswer.from_body(response.status_code, bytes(body), via=via)
 
 
 async def _collect(
@@ -333,8 +372,11 @@ async def fingerprint(
     answers = await _collect(client, root, headers, timeout_seconds)
     if answers is None:
         return None
+    via = next((a.via for a in answers.values() if a.via is not None), None)
     kind = classify(answers)
+    if kind is None and via is not None:
+        kind = BackendType.GENERIC  # a Nexus with nothing to list is still a Nexus
     if kind is None:
         log.debug("probe %s: no LLM server (%d paths answered)", root, len(answers))
         return None
-    return Fingerprint(kind, detected_version(kind, answers), root)
+    return Fingerprint(kind, detected_version(kind, answers), root, via)

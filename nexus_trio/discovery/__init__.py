@@ -29,6 +29,7 @@ async def run_discovery(
     found: trio.MemorySendChannel[Found],
     *,
     own_port: int | None,
+    own_id: str | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run every enabled source until cancelled, each reporting to ``found``.
@@ -47,7 +48,7 @@ async def run_discovery(
             if settings.probe_local:
                 await nursery.start(
                     lambda task_status: run_local_probe(
-                        settings, client, found, own_port=own_port,
+                        settings, client, found, own_port=own_port, own_id=own_id,
                         task_status=task_status,
                     )
                 )  # fmt: skip

@@ -20,7 +20,12 @@ from collections.abc import Iterable, Mapping
 import httpx
 import trio
 
-from nexus_trio.backends.detect import DEFAULT_TIMEOUT_SECONDS, Fingerprint, fingerprint
+from nexus_trio.backends.detect import (
+    DEFAULT_TIMEOUT_SECONDS,
+    Fingerprint,
+    fingerprint,
+    nexus_refusal,
+)
 from nexus_trio.config import DiscoverySettings
 from nexus_trio.discovery.found import Found
 
@@ -102,6 +107,7 @@ async def run_local_probe(
     found: trio.MemorySendChannel[Found],
     *,
     own_port: int | None,
+    own_id: str | None = None,
     host: str = "127.0.0.1",
     timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
@@ -122,6 +128,9 @@ async def run_local_probe(
             drain it from another task) or ``nursery.start`` waits on the drain.
         own_port: the port Nexus itself listens on, never probed (vLLM's 8000
             is Nexus's too: probing ourselves would make us our own backend).
+        own_id: this Nexus's instance id (`nexus_trio.instance`). A port where a
+            Nexus answers (itself, or another) is skipped whatever its id; the id
+            only tells the log which.
         host: the address to probe; loopback by default.
         timeout_seconds: the deadline of each port's fingerprint.
 
@@ -137,10 +146,18 @@ async def run_local_probe(
         task_status.started()
         return
     previous: dict[int, Fingerprint | None] = {}
+    refused: set[str] = set()  # told once each
     started = False
     while True:
         began = trio.current_time()
         current = await probe_once(client, ports, host=host, timeout_seconds=timeout_seconds)
+        for port, seen in current.items():
+            why = nexus_refusal(seen, own_id) if seen is not None else None
+            if why is not None:
+                current[port] = None
+                if why not in refused:
+                    refused.add(why)
+                    log.info("probe: skipping port %d: %s", port, why)
         for report in diff_cycles(previous, current):
             if report.gone:
                 log.info("probe: the server at %s has stopped answering", report.url)
