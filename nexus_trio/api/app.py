@@ -23,9 +23,11 @@ from nexus_trio.api.count_tokens import make_count_tokens_blueprint
 from nexus_trio.api.dashboard import make_dashboard_blueprint
 from nexus_trio.api.frame import ASGIDownstream, request_id_of, serve_inference
 from nexus_trio.api.observe import make_observe_blueprint
+from nexus_trio.api.ollama import known_names, make_ollama_blueprint, serve_generate
 from nexus_trio.api.responses import make_responses_blueprint
 from nexus_trio.catalog import listed_models, model_entry
 from nexus_trio.dialects import ANTHROPIC, CHAT, Dialect
+from nexus_trio.dialects.ollama_writer import ollama_chat_dialect, ollama_generate_dialect
 from nexus_trio.dialects.response_store import ResponseStore
 from nexus_trio.dialects.responses_writer import responses_dialect
 from nexus_trio.errors import MethodNotAllowed, ModelNotFound, NexusError, error_body
@@ -169,12 +171,17 @@ def make_app(gateway: Gateway) -> Any:
     # The answers of /v1/responses kept for previous_response_id, one store per app.
     responses = ResponseStore(gateway.settings.server.responses_kept)
     quart_app.register_blueprint(make_responses_blueprint(responses))
+    # Ollama's native API: listings here, /api/chat and /api/generate in the pipeline.
+    quart_app.register_blueprint(make_ollama_blueprint(gateway))
+    ollama_generate = ollama_generate_dialect(lambda: known_names(gateway))
     # The inference APIs, each served by the one request pipeline with its dialect. A
     # query string (Claude Code's ``?beta=true``) is not part of the ASGI path.
     inference: dict[str, Dialect] = {
         CHAT_PATH: CHAT,
         "/v1/responses": responses_dialect(responses),
         "/v1/messages": ANTHROPIC,
+        "/api/chat": ollama_chat_dialect(lambda: known_names(gateway)),
+        "/api/generate": ollama_generate,
     }
 
     via = (VIA_HEADER.encode(), gateway.instance_id.encode())
@@ -185,6 +192,9 @@ def make_app(gateway: Gateway) -> Any:
         dialect = inference.get(scope["path"]) if scope["type"] == "http" else None
         if dialect is None:
             await quart_app(scope, receive, send)  # type: ignore[arg-type]
+        elif scope["method"] == "POST" and dialect is ollama_generate:
+            # An empty prompt (load) or a completion is answered before the pipeline.
+            await serve_generate(gateway, dialect, scope, receive, send, serve_inference)
         elif scope["method"] == "POST":
             await serve_inference(gateway, dialect, scope, receive, send)
         else:  # answered in the API's own error shape

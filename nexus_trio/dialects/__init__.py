@@ -15,6 +15,13 @@ from nexus_trio.dialects.anthropic import (
 from nexus_trio.dialects.anthropic_writer import AnthropicJSONWriter, AnthropicStreamWriter
 from nexus_trio.dialects.assembly import ChatAssembler
 from nexus_trio.dialects.base import Dialect, Downstream
+from nexus_trio.dialects.ollama import parse_ollama_chat, parse_ollama_generate, resolve_model_name
+from nexus_trio.dialects.ollama_writer import (
+    OllamaJSONWriter,
+    OllamaStreamWriter,
+    ollama_chat_dialect,
+    ollama_generate_dialect,
+)
 from nexus_trio.dialects.openai_chat import (
     CHAT,
     OpenAIJSONWriter,
@@ -37,14 +44,21 @@ __all__ = [
     "ChatAssembler",
     "Dialect",
     "Downstream",
+    "OllamaJSONWriter",
+    "OllamaStreamWriter",
     "OpenAIJSONWriter",
     "OpenAIStreamWriter",
     "ResponseStore",
     "ResponsesJSONWriter",
     "ResponsesStreamWriter",
+    "ollama_chat_dialect",
+    "ollama_generate_dialect",
     "parse_chat_request",
     "parse_count_tokens_request",
     "parse_messages_request",
+    "parse_ollama_chat",
+    "parse_ollama_generate",
     "parse_responses_request",
+    "resolve_model_name",
     "responses_dialect",
 ]
