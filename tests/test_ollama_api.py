@@ -272,3 +272,33 @@ async def test_open_webui_like_calls(start_nexus: Any) -> None:
     wrong = await nexus.http.post("/api/chat", content=b"{not json")
     assert wrong.status_code == 400
     assert "error" in wrong.json()
+
+
+async def test_a_stream_that_cannot_be_continued_ends_with_an_error_line(
+    start_nexus: Any,
+) -> None:
+    a = sim("a", Flavor.VLLM)
+    nexus = await start_nexus([a])
+    a.faults.die_after_chunks = 3
+    async with nexus.http.stream(
+        "POST", "/api/chat", json={"model": "llama3:8b", "messages": ASKED}
+    ) as response:
+        assert response.status_code == 200
+        lines = [json.loads(line) async for line in response.aiter_lines() if line]
+    assert (
+        "".join(line["message"]["content"] for line in lines[:-1])
+        == "".join(expected_answer("llama3:8b", ASKED))[
+            : len("".join(line["message"]["content"] for line in lines[:-1]))
+        ]
+    )
+    assert set(lines[-1]) == {"error"}
+    assert not any(line.get("done") for line in lines)
+    received: list[str] = []
+    with pytest.raises(ollama.ResponseError):  # the client raises on the error line
+        await _collect(client(nexus), received)
+    assert received  # after some text
+
+
+async def _collect(ollama_client: ollama.AsyncClient, received: list[str]) -> None:
+    async for part in await ollama_client.chat(model="llama3:8b", messages=ASKED, stream=True):
+        received.append(part.message.content or "")
