@@ -96,6 +96,7 @@ class Capability(StrEnum):
     VISION = "vision"
     TOOLS = "tools"
     JSON = "json"
+    INSERT = "insert"  # fill in the middle (Ollama's name)
 
 
 class Secret(str):

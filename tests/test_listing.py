@@ -190,7 +190,7 @@ def test_ollama_show_from_an_older_server_leaves_capabilities_unknown() -> None:
 
 
 def test_ollama_show_ignores_junk() -> None:
-    junk = {"model_info": {"llama.context_length": "8192"}, "capabilities": ["insert", 5]}
+    junk = {"model_info": {"llama.context_length": "8192"}, "capabilities": ["teleport", 5]}
     assert parse_ollama_show("m", junk) == ModelInfo("m", "ollama", None,
                                                      frozenset({Capability.JSON}))  # fmt: skip
     with pytest.raises(ValueError, match="object"):

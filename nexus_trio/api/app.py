@@ -27,6 +27,7 @@ from nexus_trio.api.ollama import known_names, make_ollama_blueprint, serve_gene
 from nexus_trio.api.responses import make_responses_blueprint
 from nexus_trio.catalog import listed_models, model_entry
 from nexus_trio.dialects import ANTHROPIC, CHAT, Dialect
+from nexus_trio.dialects.completions import COMPLETIONS, COMPLETIONS_PATH
 from nexus_trio.dialects.ollama_writer import ollama_chat_dialect, ollama_generate_dialect
 from nexus_trio.dialects.response_store import ResponseStore
 from nexus_trio.dialects.responses_writer import responses_dialect
@@ -182,6 +183,7 @@ def make_app(gateway: Gateway) -> Any:
         "/v1/messages": ANTHROPIC,
         "/api/chat": ollama_chat_dialect(lambda: known_names(gateway)),
         "/api/generate": ollama_generate,
+        COMPLETIONS_PATH: COMPLETIONS,
     }
 
     via = (VIA_HEADER.encode(), gateway.instance_id.encode())

@@ -216,7 +216,8 @@ async def serve_inference(
                     chat = dialect.parse(body, settings.routing)
                     writer = dialect.writer(chat, downstream, request_id)
                     requested, stream = chat.needs.model, chat.needs.stream
-                    messages = chat.payload["messages"]
+                    # The prompt as logged: chat messages, a legacy completion's prompt.
+                    messages = chat.payload.get("messages", chat.payload.get("prompt"))
                     beats = trio.CancelScope()
                     if dialect.keeps_alive:
                         nursery.start_soon(_keep_alive, writer, beats)

@@ -31,7 +31,11 @@ __all__ = [
     "parse_openai_models",
 ]
 
-_OLLAMA_CAPABILITIES = {"vision": Capability.VISION, "tools": Capability.TOOLS}
+_OLLAMA_CAPABILITIES = {
+    "vision": Capability.VISION,
+    "tools": Capability.TOOLS,
+    "insert": Capability.INSERT,
+}
 
 
 def _positive_int(value: object) -> bool:

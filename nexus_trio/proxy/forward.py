@@ -60,7 +60,7 @@ from nexus_trio.proxy.exchange import Exchange
 from nexus_trio.proxy.streaming import OpenStream, open_stream, read_refusal, relay
 from nexus_trio.proxy.tracker import StreamTracker, add_usage
 from nexus_trio.proxy.writer import WholeAnswer
-from nexus_trio.routing.requirements import ChatRequest
+from nexus_trio.routing.requirements import Asked, ChatRequest
 from nexus_trio.routing.router import Candidate, RouteDecision
 from nexus_trio.upstream.client import translate_httpx_error
 from nexus_trio.upstream.http1 import Http1Response
@@ -210,7 +210,24 @@ def _answer_text(completion: dict[str, Any]) -> str | None:
 
 # -- streamed ------------------------------------------------------------------------
 
-BodyFor = Callable[[Candidate], bytes]
+AskFor = Callable[[Candidate], Asked]
+
+
+def _ask_for(chat: ChatRequest, candidate: Candidate) -> Asked:
+    """What ``candidate`` is sent for ``chat``: its plan's request, or the chat body."""
+    if chat.plan is not None:
+        return chat.plan.ask(candidate.model, candidate.backend.type, _context_length(candidate))
+    return Asked(chat.path, _body_for(chat, candidate))
+
+
+def _resume_for(chat: ChatRequest, candidate: Candidate, prefill: str, produced: int) -> Asked:
+    """What ``candidate`` is sent to continue ``chat``'s answer after ``prefill``."""
+    context = _context_length(candidate)
+    kind = candidate.backend.type
+    if chat.plan is not None:
+        return chat.plan.resume(candidate.model, kind, context, prefill, produced)
+    body = continuation_body(chat.payload_for(context), kind, candidate.model, prefill, produced)
+    return Asked(chat.path, body)
 
 
 async def _stream_chat(
@@ -222,9 +239,8 @@ async def _stream_chat(
 ) -> None:
     while True:  # once, unless an answer that reached nobody yet must start over
         opened = await _open_first(
-            exchange, queue, lambda c: _body_for(chat, c), chat.path, routing.hedge_after_ms,
-            decision.model,
-        )  # fmt: skip
+            exchange, queue, lambda c: _ask_for(chat, c), routing.hedge_after_ms, decision.model
+        )
         if isinstance(opened, WholeAnswer):
             await _pass_through(exchange, opened)
             return
@@ -243,7 +259,8 @@ async def _relay_answer(
     when one fails. False when it failed, could not be continued and nothing reached the
     client: the caller starts over."""
     outcome, writer = exchange.outcome, exchange.writer
-    tracker = StreamTracker(forward_usage=chat.client_wants_usage)
+    text_shape = chat.plan is not None and chat.plan.text
+    tracker = StreamTracker(forward_usage=chat.client_wants_usage, text_shape=text_shape)
     try:
         # The commit point: from here on the writer knows this backend.
         _committed(exchange, stream)
@@ -280,17 +297,20 @@ async def _relay_answer(
         await stream.aclose()
 
 
+async def _open(exchange: Exchange, candidate: Candidate, asked: Asked) -> OpenStream | WholeAnswer:
+    return await open_stream(exchange, candidate, asked.body, asked.path, asked.parser)
+
+
 async def _open_first(
     exchange: Exchange,
     queue: CandidateQueue,
-    body_for: BodyFor,
-    path: str,
+    ask_for: AskFor,
     hedge_after_ms: int | None,
     model: str,
 ) -> OpenStream | WholeAnswer:
     """The first candidate from ``queue`` to produce a first token (failing over, maybe
-    hedging), or the first backend's own whole answer; each is sent ``body_for`` it at
-    ``path``.
+    hedging), or the first backend's own whole answer; each is sent what ``ask_for`` it
+    says.
 
     Raises:
         AllBackendsFailed: none did.
@@ -299,18 +319,17 @@ async def _open_first(
         while (candidate := await queue.next()) is not None:
             exchange.outcome.started(candidate)
             try:
-                return await open_stream(exchange, candidate, body_for(candidate), path)
+                return await _open(exchange, candidate, ask_for(candidate))
             except BackendError as failure:
                 _failed(exchange, candidate, failure)
         raise AllBackendsFailed(model, exchange.outcome.failures)
-    return await _race(exchange, queue, body_for, path, hedge_after_ms / 1000, model)
+    return await _race(exchange, queue, ask_for, hedge_after_ms / 1000, model)
 
 
 async def _race(
     exchange: Exchange,
     queue: CandidateQueue,
-    body_for: BodyFor,
-    path: str,
+    ask_for: AskFor,
     hedge_after: float,
     model: str,
 ) -> OpenStream | WholeAnswer:
@@ -327,7 +346,7 @@ async def _race(
         async def run(candidate: Candidate, hedge: bool) -> None:
             nonlocal winner
             try:
-                opened = await open_stream(exchange, candidate, body_for(candidate), path)
+                opened = await _open(exchange, candidate, ask_for(candidate))
             except BackendError as failure:
                 _failed(exchange, candidate, failure)
                 failed_send.send_nowait(None)
@@ -404,10 +423,8 @@ async def _continue(
     prefill, produced = tracker.text, tracker.content_chunks
     try:
         opened = await _open_first(
-            exchange, queue,
-            lambda c: continuation_body(chat.payload_for(_context_length(c)), c.backend.type,
-                                        c.model, prefill, produced),
-            chat.path, routing.hedge_after_ms, decision.model,
+            exchange, queue, lambda c: _resume_for(chat, c, prefill, produced),
+            routing.hedge_after_ms, decision.model,
         )  # fmt: skip
     except AllBackendsFailed:
         why_not = (
@@ -421,7 +438,9 @@ async def _continue(
             failure, f"the next backend refused to continue it (HTTP {opened.status})"
         )
     outcome.mid_stream_failovers += 1
-    tracker.begin_continuation(may_echo=may_echo(opened.candidate.backend.type))
+    # A completion's continuation is asked with a longer prompt, which servers do not echo.
+    echoes = chat.plan is None and may_echo(opened.candidate.backend.type)
+    tracker.begin_continuation(may_echo=echoes)
     note = f"nexus failover from {current.backend.name} to {opened.candidate.backend.name}"
     if opened.candidate.model != current.model:
         note += f" (model {current.model} -> {opened.candidate.model})"

@@ -18,7 +18,7 @@ a torn event on the wire.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import httpx
@@ -122,10 +122,15 @@ async def read_refusal(response: Http1Response, candidate: Candidate) -> WholeAn
 
 
 async def open_stream(
-    exchange: Exchange, candidate: Candidate, body: bytes, path: str = CHAT_PATH
+    exchange: Exchange,
+    candidate: Candidate,
+    body: bytes,
+    path: str = CHAT_PATH,
+    parser: Callable[[], SSEParser] | None = None,
 ) -> OpenStream | WholeAnswer:
     """Phase 1 at ``candidate``: send ``body`` to its ``path``, and read up to the first
-    token.
+    token; ``parser`` makes the parser of a stream that is not OpenAI's own (it yields
+    OpenAI chunks).
 
     Raises:
         BackendError: it failed before its first token (the caller moves on).
@@ -151,7 +156,7 @@ async def open_stream(
                     return WholeAnswer(candidate, 200, content_type or "application/json",
                                        await response.aread())  # fmt: skip
                 stream = OpenStream(candidate, slot, response, response.aiter_bytes(),
-                                    SSEParser(), timeouts)  # fmt: skip
+                                    parser() if parser else SSEParser(), timeouts)  # fmt: skip
                 while True:
                     try:
                         data = await anext(stream.chunks)

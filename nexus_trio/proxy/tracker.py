@@ -13,6 +13,10 @@ same ``id``/``model``/``created``, no second role chunk, no echo of the prefill
 finish and one ``[DONE]``, and one ``usage`` chunk adding up what every
 backend reported.
 
+Legacy completions (``text_completion`` chunks, ``choices[].text``) are tracked alike
+with ``text_shape``: their text is read as the content, and the chunks Nexus writes
+itself take that shape.
+
 Each admitted event comes out twice, for the two kinds of writer: as the OpenAI
 stream's bytes (``relay``, passed through untouched where nothing changed) and
 as the parsed chunks those bytes carry (``chunks``), which writers that speak
@@ -36,13 +40,16 @@ _USAGE_KEYS = ("prompt_tokens", "completion_tokens", "total_tokens")
 
 
 def _says_something(choice: object) -> bool:
-    """Whether a streamed choice carries part of the answer (not just the role)."""
+    """Whether a streamed choice carries part of the answer (not just the role): a delta
+    with content, or a completion's ``text``."""
     if not isinstance(choice, dict):
         return False
     if choice.get("finish_reason"):
         return True
     delta = choice.get("delta")
-    return isinstance(delta, dict) and any(delta.get(key) for key in _ANSWER_KEYS)
+    if isinstance(delta, dict):
+        return any(delta.get(key) for key in _ANSWER_KEYS)
+    return bool(choice.get("text"))
 
 
 def carries_answer(event: SSEEvent, backend: str) -> bool:
@@ -93,6 +100,7 @@ class StreamTracker:
     held_usage: bytes = b""  # the first backend's own usage event, relayed at the end as is
     switched: bool = False  # a continuation has begun: events are rewritten
     forward_usage: bool = True  # whether the client asked for the usage chunk
+    text_shape: bool = False  # legacy completion chunks (``choices[].text``), not chat
     _continuation: _Continuation | None = None
 
     # -- the client's view --------------------------------------------------------------
@@ -121,6 +129,8 @@ class StreamTracker:
         says = any(_says_something(c) for c in choices)
         choice: dict[str, Any] = choices[0] if isinstance(choices[0], dict) else {}
         delta: dict[str, Any] = choice["delta"] if isinstance(choice.get("delta"), dict) else {}
+        if self.text_shape:  # a completion's text reads as a chat delta's content
+            delta = {"content": choice.get("text")}
         if delta.get("tool_calls") or delta.get("function_call"):
             self.tool_call_in_flight = True
         if choice.get("finish_reason"):
@@ -157,7 +167,8 @@ class StreamTracker:
         return Admitted(relay, (*ending, *closing.chunks), says=True, done=True)
 
     def _usage_chunk(self) -> Chunk:
-        return {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
+        kind = "text_completion" if self.text_shape else "chat.completion.chunk"
+        return {"id": self.id, "object": kind, "created": self.created,
                 "model": self.model, "choices": [], "usage": dict(self.usage)}  # fmt: skip
 
     def _add_usage(self, usage: object) -> None:
@@ -220,6 +231,13 @@ class StreamTracker:
         return [self._chunk({"content": text}, None)]
 
     def _chunk(self, delta: dict[str, Any], finish_reason: object) -> Chunk:
+        if self.text_shape:
+            return {
+                "id": self.id, "object": "text_completion", "created": self.created,
+                "model": self.model,
+                "choices": [{"index": 0, "text": delta.get("content") or "", "logprobs": None,
+                             "finish_reason": finish_reason}],
+            }  # fmt: skip
         return {
             "id": self.id, "object": "chat.completion.chunk", "created": self.created,
             "model": self.model,

@@ -8,10 +8,14 @@ door (`nexus_trio.dialects`) build them; the router and the proxy read them.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
-__all__ = ["ChatRequest", "Requirements"]
+if TYPE_CHECKING:
+    from nexus_trio.config import BackendType
+
+__all__ = ["Asked", "ChatRequest", "Requirements", "UpstreamPlan"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +27,7 @@ class Requirements:
     vision: bool = False
     tools: bool = False
     json: bool = False
+    fim: bool = False  # fill in the middle (a completion with a suffix)
     context_tokens: int = 0  # estimated prompt tokens + requested completion tokens
 
 
@@ -52,6 +57,9 @@ class ChatRequest:
     # The backend endpoint the body goes to, under its base URL (chat completions unless a
     # dialect asks another: completions, embeddings).
     path: str = "/v1/chat/completions"
+    # How a request that is not a chat turn asks each backend (its endpoint and body differ
+    # by backend type); None: a chat completion, sent to ``path``.
+    plan: UpstreamPlan | None = None
 
     def payload_for(self, context_length: int | None) -> dict[str, Any]:
         """The request's JSON for a model with ``context_length`` (None: not known): the
@@ -77,3 +85,31 @@ class ChatRequest:
 
 
 _LIMITS = ("max_tokens", "max_completion_tokens")
+
+
+class Asked(NamedTuple):
+    """What one backend is sent: where, what, and how its stream reads as OpenAI's."""
+
+    path: str
+    body: bytes
+    # Makes the `nexus_trio.proxy.sse.SSEParser` that reads the backend's own stream as
+    # OpenAI chunks (llama.cpp's ``/infill``); None: the stream is OpenAI's already.
+    parser: Callable[[], Any] | None = None
+
+
+class UpstreamPlan(Protocol):
+    """How a request that is not a chat turn goes upstream (legacy completions)."""
+
+    @property
+    def text(self) -> bool:
+        """Whether the answers are text completions (``choices[].text``), not chat chunks."""
+
+    def ask(self, model: str, kind: BackendType, context_length: int | None) -> Asked:
+        """The request for a ``kind`` backend serving ``model``."""
+
+    def resume(
+        self, model: str, kind: BackendType, context_length: int | None, prefill: str,
+        produced: int,
+    ) -> Asked:  # fmt: skip
+        """The request that continues an answer of which the client has ``prefill`` (about
+        ``produced`` tokens)."""

@@ -18,7 +18,7 @@ import random
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, NamedTuple, TypeVar, overload
 
-from nexus_trio.config import RoutingSettings, Strategy, is_alias_pattern
+from nexus_trio.config import BackendType, RoutingSettings, Strategy, is_alias_pattern
 from nexus_trio.errors import (
     BackendsBusy,
     ContextLengthExceeded,
@@ -141,6 +141,16 @@ def _incapability(info: ModelInfo, needs: Requirements) -> str | None:
     return None
 
 
+def _fills_in(backend: Backend, info: ModelInfo) -> bool:
+    """Whether ``backend`` can fill in the middle with this model, each in its own way:
+    Ollama takes a ``suffix`` (for a model with the ``insert`` capability, or one it did
+    not describe); llama.cpp has ``/infill`` (it answers 501 for a model without FIM
+    tokens, and the next candidate is tried). vLLM and the rest refuse a suffix."""
+    if backend.type is BackendType.OLLAMA:
+        return info.supports(Capability.INSERT)
+    return backend.type is BackendType.LLAMACPP
+
+
 def rank(
     entries: Sequence[RosterEntry],
     strategy: Strategy,
@@ -238,6 +248,13 @@ def _why_none(model: str, serving: Sequence[Backend], needs: Requirements) -> Ne
             + ", ".join(f"{b.name}: {_out_because(b)}" for b in serving)
             + "). Retry after a few seconds."
         )
+    if needs.fim and not any(_fills_in(b, b.models[model]) for b in routable):
+        return ModelCannotServe(
+            f"No backend of model {model!r} can fill in the middle (suffix): that takes "
+            "Ollama with an insert-capable model, or llama.cpp with a model that has FIM "
+            "tokens (its /infill). Send the request without 'suffix', or choose such a model.",
+            param="suffix",
+        )
     reasons = {_incapability(b.models[model], needs) for b in routable}
     if None in reasons:
         # Some backend could serve it and is only busy: that passes, so say retry.
@@ -276,6 +293,8 @@ def _eligible(roster: Roster, needs: Requirements) -> Sequence[RosterEntry]:
         entries = [
             e for e in entries if e[1].context_length is None or tokens <= e[1].context_length
         ]
+    if needs.fim:
+        entries = [e for e in entries if _fills_in(e[0], e[1])]
     return entries
 
 

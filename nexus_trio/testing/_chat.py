@@ -6,6 +6,7 @@ import dataclasses
 import json
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -31,14 +32,20 @@ __all__ = ["handle_chat"]
 _INVALID = object()
 
 
-async def handle_chat(backend: SimulatedBackend, request: Request, responder: Responder) -> None:
-    """Answer one chat request, keeping the counters right however it ends."""
+async def handle_chat(
+    backend: SimulatedBackend,
+    request: Request,
+    responder: Responder,
+    respond: Callable[[SimulatedBackend, Request, Responder], Awaitable[None]] | None = None,
+) -> None:
+    """Answer one chat request (with ``respond``: another kind of generation, counted
+    alike), keeping the counters right however it ends."""
     stats = backend.stats
     stats.chat_requests += 1
     stats.chat_in_flight += 1
     gone = False
     try:
-        await responder.run_watching_peer(partial(_respond, backend, request, responder))
+        await responder.run_watching_peer(partial(respond or _respond, backend, request, responder))
     except PeerGone:
         gone = True
     except BaseException as exc:

@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
-from . import _native, _ollama, _tokenize
+from . import _native, _ollama, _text_completion, _tokenize
 from ._catalog import CREATED, card
 from ._chat import handle_chat
 from ._completions import FINGERPRINTS
@@ -218,6 +218,7 @@ async def chat(backend: SimulatedBackend, request: Request, responder: Responder
 
 
 _CHAT: Final = {"POST": chat}
+_COMPLETIONS: Final = {"POST": _text_completion.completions}
 
 ROUTES: Final[Mapping[Flavor, Mapping[str, Mapping[str, Route]]]] = {
     Flavor.OLLAMA: {
@@ -228,6 +229,7 @@ ROUTES: Final[Mapping[Flavor, Mapping[str, Mapping[str, Route]]]] = {
         "/api/ps": {"GET": _ollama.running},
         "/v1/models": {"GET": ollama_models},
         "/v1/chat/completions": _CHAT,
+        "/v1/completions": _COMPLETIONS,
     },
     Flavor.VLLM: {
         "/health": {"GET": vllm_health},
@@ -235,6 +237,7 @@ ROUTES: Final[Mapping[Flavor, Mapping[str, Mapping[str, Route]]]] = {
         "/metrics": {"GET": vllm_metrics},
         "/v1/models": {"GET": vllm_models},
         "/v1/chat/completions": _CHAT,
+        "/v1/completions": _COMPLETIONS,
         "/tokenize": {"POST": _tokenize.vllm_tokenize},
     },
     Flavor.LLAMACPP: {
@@ -247,6 +250,9 @@ ROUTES: Final[Mapping[Flavor, Mapping[str, Mapping[str, Route]]]] = {
         "/v1/models": {"GET": llamacpp_models},
         "/chat/completions": _CHAT,
         "/v1/chat/completions": _CHAT,
+        "/completions": _COMPLETIONS,
+        "/v1/completions": _COMPLETIONS,
+        "/infill": {"POST": _text_completion.infill},
         "/apply-template": {"POST": _tokenize.llamacpp_apply_template},
         "/tokenize": {"POST": _tokenize.llamacpp_tokenize},
     },

@@ -21,9 +21,11 @@ from typing import Any, Final
 __all__ = [
     "VOCABULARY",
     "answer_tokens",
+    "completion_tokens",
     "continuation",
     "estimate_prompt_tokens",
     "expected_answer",
+    "expected_completion",
     "message_text",
     "split_pieces",
     "tool_arguments",
@@ -96,6 +98,33 @@ def continuation(model_id: str, messages: Sequence[Any], prefix: str) -> list[st
             return [rest, *tokens[index + 1 :]]
         offset = end
     return []
+
+
+def _document(prompt: str, suffix: str) -> list[dict[str, str]]:
+    return [{"role": "prompt", "content": prompt}, {"role": "suffix", "content": suffix}]
+
+
+def completion_tokens(model_id: str, prompt: str, suffix: str = "") -> list[str]:
+    """The tokens a text completion of ``prompt`` (before ``suffix``, when filling in the
+    middle) goes on with.
+
+    A prompt that is an earlier prompt plus the start of its completion (a continuation:
+    the prompt and the text relayed so far) goes on with the rest of that completion,
+    split where it splits, so a continued completion joins up exactly.
+    """
+    for cut in range(len(prompt)):
+        head, written = prompt[:cut], prompt[cut:]
+        document = _document(head, suffix)
+        if "".join(answer_tokens(model_id, document)).startswith(written):
+            return continuation(model_id, document, written)
+    return answer_tokens(model_id, _document(prompt, suffix))
+
+
+def expected_completion(model_id: str, prompt: str, suffix: str = "") -> str:
+    """The text a simulated backend completes ``prompt`` (and fills in before ``suffix``)
+    with, for tests to compare against: the same on ``/v1/completions`` and llama.cpp's
+    ``/infill``, whatever the flavour."""
+    return "".join(completion_tokens(model_id, prompt, suffix))
 
 
 def message_text(content: object) -> str:

@@ -32,6 +32,7 @@ class SimModel:
     context_length: int = 8192
     vision: bool = False
     tools: bool = False
+    insert: bool = False  # fills in the middle (Ollama's "insert"; llama.cpp's FIM tokens)
 
 
 @dataclass

@@ -1,0 +1,42 @@
+"""``POST /v1/completions`` through Nexus, in front of real llama.cpp servers: the text
+each server completes the prompt with itself, streamed and not (greedy decoding).
+
+Fill-in-the-middle is not testable here: SmolLM2 has no FIM tokens, so llama.cpp's
+``/infill`` answers 501 for it (Nexus then tries the next backend, and with none able
+to, the client gets that refusal).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from harness import ALIAS, LlamaServer, NexusProcess, config_for, sdk
+
+PROMPT = "The three primary colours are"
+MAX_TOKENS = 40
+
+
+def test_completions_give_the_servers_own_text(
+    llamas: tuple[LlamaServer, LlamaServer], start_nexus: Any
+) -> None:
+    request: dict[str, Any] = {
+        "model": ALIAS, "prompt": PROMPT, "max_tokens": MAX_TOKENS, "temperature": 0,
+    }  # fmt: skip
+    direct = httpx.post(llamas[0].url + "/v1/completions", json=request, timeout=60).json()
+    expected = direct["choices"][0]["text"]
+    assert len(expected.split()) > 3
+    nexus: NexusProcess = start_nexus(config_for(*llamas))
+    with sdk(nexus.url) as client:
+        whole = client.completions.create(**request)
+        assert whole.choices[0].text == expected
+        assert whole.usage is not None
+        assert whole.usage.completion_tokens > 0
+        chunks = list(
+            client.completions.create(
+                **request, stream=True, stream_options={"include_usage": True}
+            )
+        )
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == expected
+    assert chunks[-1].usage is not None
