@@ -10,7 +10,7 @@ import ollama
 import pytest
 
 from nexus_trio.testing import Flavor, SimModel, SimulatedBackend
-from nexus_trio.testing._text import expected_answer, tool_arguments
+from nexus_trio.testing._text import expected_answer, expected_completion, tool_arguments
 
 from helpers import sim
 
@@ -29,6 +29,7 @@ LOOKUP: Any = {
 }
 PRIORITIES = {"a": {"priority": 1}, "b": {"priority": 2}}
 # One model per kind of backend: Ollama lists names with a tag, the others without.
+CODER = "qwen2.5-coder:7b"  # tagged: Ollama lists a name without a tag as name:latest
 FLEET = {Flavor.OLLAMA: "llama3:8b", Flavor.VLLM: "qwen3-8b", Flavor.LLAMACPP: "phi4"}
 
 
@@ -181,15 +182,53 @@ async def test_generate_with_an_empty_prompt_loads(start_nexus: Any) -> None:
     assert caught.value.status_code == 404
 
 
-async def test_generate_with_a_suffix_needs_completions(start_nexus: Any) -> None:
-    nexus = await start_nexus(fleet())
-    response = await nexus.http.post(
-        "/api/generate", json={"model": "phi4", "prompt": "def f(", "suffix": "return 1"}
+@pytest.mark.parametrize("flavor", [Flavor.OLLAMA, Flavor.LLAMACPP])
+@pytest.mark.parametrize("stream", [False, True])
+async def test_generate_with_a_suffix_fills_in_the_middle(
+    start_nexus: Any, flavor: Flavor, stream: bool
+) -> None:
+    # vLLM comes first by priority and cannot fill in: the request goes to the backend that
+    # can, in its own way (Ollama: suffix on /v1/completions; llama.cpp: /infill).
+    vllm = SimulatedBackend(Flavor.VLLM, [SimModel(CODER)], name="a")
+    fim = SimulatedBackend(flavor, [SimModel(CODER, insert=True)], name="b")
+    nexus = await start_nexus(
+        [vllm, fim], backend_options=PRIORITIES, routing={"strategy": "priority"}
     )
-    if response.status_code == 501:  # until /api/generate can send it to /v1/completions
-        assert "completions" in response.json()["error"]
+    prompt, suffix = "def add(a, b):\n    ", "\n    return total"
+    asked = client(nexus).generate(
+        model=CODER, prompt=prompt, suffix=suffix, stream=stream, options={"num_predict": 200}
+    )
+    if stream:
+        parts = [part async for part in await asked]  # type: ignore[union-attr]
+        text, last = "".join(p.response for p in parts), parts[-1]
     else:
-        assert response.status_code == 200
+        last = await asked  # type: ignore[assignment]
+        text = last.response
+    assert text == expected_completion(CODER, prompt, suffix)
+    assert last.done
+    assert last.done_reason == "stop"
+    assert last.eval_count
+    assert vllm.stats.chat_requests == 0
+    sent = fim.stats.last_chat_body
+    assert sent is not None
+    assert (sent["input_suffix"] if flavor is Flavor.LLAMACPP else sent["suffix"]) == suffix
+
+
+async def test_generate_raw_is_a_completion_of_the_prompt(start_nexus: Any) -> None:
+    backend = SimulatedBackend(Flavor.VLLM, [SimModel("base")], name="a")
+    nexus = await start_nexus([backend])
+    answer = await client(nexus).generate(model="base", prompt="Once upon a time", raw=True)
+    assert answer.response == expected_completion("base", "Once upon a time")
+    assert backend.stats.last_chat_body is not None
+    assert backend.stats.last_chat_body["prompt"] == "Once upon a time"  # no chat template
+
+
+async def test_generate_with_a_suffix_and_nobody_to_fill_in_is_refused(start_nexus: Any) -> None:
+    nexus = await start_nexus([SimulatedBackend(Flavor.VLLM, [SimModel(CODER)], name="a")])
+    with pytest.raises(ollama.ResponseError) as caught:
+        await client(nexus).generate(model=CODER, prompt="def f(", suffix="return 1")
+    assert caught.value.status_code == 400
+    assert "fill in the middle" in caught.value.error
 
 
 @pytest.mark.parametrize("stream", [False, True])

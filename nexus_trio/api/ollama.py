@@ -317,27 +317,14 @@ async def _respond(send: ASGI, status: int, body: Json) -> None:
     await send({"type": "http.response.body", "body": data, "more_body": False})
 
 
-async def answer_generate_completion(gateway: Gateway, request: Json, send: ASGI) -> None:
-    """``/api/generate`` with ``suffix`` or ``raw``: a text completion, to be served through
-    the backends' ``/v1/completions`` once Nexus has it. Until then: 501, saying so."""
-    await _respond(
-        send,
-        501,
-        {
-            "error": "/api/generate with 'suffix' or 'raw' is a text completion, which needs "
-            "Nexus's /v1/completions support; this server lacks it. Without them it is a chat turn."
-        },
-    )
-
-
 async def serve_generate(
     gateway: Gateway, dialect: Dialect, scope: Json, receive: ASGI, send: ASGI,
     serve: Callable[..., Awaitable[None]],
 ) -> None:  # fmt: skip
     """``POST /api/generate``: an empty prompt is Ollama's "load the model" (answered at
-    once, as loaded when some backend serves the model); a completion (``suffix``,
-    ``raw``) goes to `answer_generate_completion`; a chat turn to ``serve`` (the request
-    pipeline) with ``dialect``."""
+    once, as loaded when some backend serves the model); anything else goes to ``serve``
+    (the request pipeline) with ``dialect``, which makes it a chat turn or, with
+    ``suffix`` or ``raw``, a text completion."""
     messages, body = await _body_of(receive, gateway.settings.server.max_body_bytes)
     replayed = _replay(messages, receive)
     if body is None:
@@ -358,8 +345,5 @@ async def serve_generate(
         answer = {"model": name, "created_at": now, "response": "", "done": True,
                   "done_reason": reason}  # fmt: skip
         await _respond(send, 200, answer)
-        return
-    if generate_is_completion(request):
-        await answer_generate_completion(gateway, request, send)
         return
     await serve(gateway, dialect, scope, replayed, send)

@@ -38,11 +38,12 @@ either spelling wherever a model is named.
 from __future__ import annotations
 
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from nexus_trio import jsonparse
 from nexus_trio.config import RoutingSettings
+from nexus_trio.dialects.completions import parse_completion_request
 from nexus_trio.dialects.openai_chat import chat_requirements
 from nexus_trio.errors import RequestError
 from nexus_trio.routing.requirements import ChatRequest
@@ -393,6 +394,38 @@ def parse_ollama_generate(body: bytes, known: Collection[str] = ()) -> ChatReque
     return _request(request, messages, stream, "generate", known)
 
 
+def parse_ollama_generate_completion(
+    body: bytes, routing: RoutingSettings, known: Collection[str] = ()
+) -> ChatRequest:
+    """A ``POST /api/generate`` body with ``suffix`` or ``raw`` (`generate_is_completion`)
+    → a text completion: the backends' own ``/v1/completions`` (fill-in-the-middle where a
+    backend can, `nexus_trio.dialects.completions`), answered in generate's shape.
+
+    ``prompt`` goes as it is (``raw``: no chat template; with a ``suffix``, the backend's
+    fill-in-the-middle template); ``system`` has no place in a completion and is ignored;
+    ``options`` as for chat (``num_predict`` → ``max_tokens``, ``stop``, sampling).
+
+    Raises:
+        RequestError: the body is not JSON, or a field is wrong; the error names it.
+    """
+    request = load_body(body)
+    stream = _stream(request)
+    asked = _model(request)
+    prompt = request.get("prompt")
+    if not isinstance(prompt, str):
+        raise _fail("'prompt' must be a string.", "prompt")
+    suffix = request.get("suffix")
+    if suffix is not None and not isinstance(suffix, str):
+        raise _fail("'suffix' must be a string.", "suffix")
+    completion: Json = {"model": resolve_model_name(asked, known), "prompt": prompt,
+                        "stream": stream}  # fmt: skip
+    if suffix:
+        completion["suffix"] = suffix
+    _options(request.get("options"), completion)
+    chat = parse_completion_request(jsonparse.dumps(completion), routing)
+    return replace(chat, origin=OllamaOrigin(model=asked, shape="generate"))
+
+
 def chat_parser(
     known: Callable[[], Collection[str]],
 ) -> Callable[[bytes, RoutingSettings], ChatRequest]:
@@ -403,5 +436,16 @@ def chat_parser(
 def generate_parser(
     known: Callable[[], Collection[str]],
 ) -> Callable[[bytes, RoutingSettings], ChatRequest]:
-    """`parse_ollama_generate` as a dialect's parser, resolving names among ``known()``."""
-    return lambda body, routing: parse_ollama_generate(body, known())
+    """`parse_ollama_generate` as a dialect's parser, resolving names among ``known()``: a
+    chat turn, or a text completion when the request has ``suffix`` or ``raw``."""
+
+    def parse(body: bytes, routing: RoutingSettings) -> ChatRequest:
+        try:
+            request = load_body(body)
+        except RequestError:
+            request = {}
+        if generate_is_completion(request):
+            return parse_ollama_generate_completion(body, routing, known())
+        return parse_ollama_generate(body, known())
+
+    return parse

@@ -85,7 +85,8 @@ class OllamaLines:
         return line
 
     def feed(self, chunk: Mapping[str, Any]) -> list[Json]:
-        """The lines one ``chat.completion.chunk`` makes (often one, often none)."""
+        """The lines one ``chat.completion.chunk`` (or ``text_completion`` chunk: its
+        ``text`` is the content) makes (often one, often none)."""
         choices = chunk.get("choices")
         lines: list[Json] = []
         if not isinstance(choices, list):
@@ -94,6 +95,8 @@ class OllamaLines:
             if not isinstance(choice, dict) or choice.get("index", 0) not in (0, None):
                 continue
             delta = choice.get("delta")
+            if delta is None and isinstance(choice.get("text"), str):
+                delta = {"content": choice["text"]}  # a text completion's chunk
             if isinstance(delta, dict):
                 content = delta.get("content")
                 content = content if isinstance(content, str) else ""
