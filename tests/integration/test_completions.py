@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
+import ollama
 
 from harness import ALIAS, LlamaServer, NexusProcess, config_for, sdk
 
@@ -40,3 +41,32 @@ def test_completions_give_the_servers_own_text(
         )
     assert "".join(c.choices[0].text for c in chunks if c.choices) == expected
     assert chunks[-1].usage is not None
+
+
+def test_ollamas_generate_gives_the_servers_own_text(
+    llamas: tuple[LlamaServer, LlamaServer], start_nexus: Any
+) -> None:
+    # The ollama client's generate, as a chat turn and as a raw completion, on llama.cpp.
+    chat_request: dict[str, Any] = {
+        "model": ALIAS, "messages": [{"role": "user", "content": PROMPT}],
+        "max_tokens": MAX_TOKENS, "temperature": 0,
+    }  # fmt: skip
+    completion_request: dict[str, Any] = {
+        "model": ALIAS, "prompt": PROMPT, "max_tokens": MAX_TOKENS, "temperature": 0,
+    }  # fmt: skip
+    server = llamas[0].url
+    chatted = httpx.post(server + "/v1/chat/completions", json=chat_request, timeout=60).json()
+    completed = httpx.post(server + "/v1/completions", json=completion_request, timeout=60).json()
+    nexus: NexusProcess = start_nexus(config_for(*llamas))
+    options = {"num_predict": MAX_TOKENS, "temperature": 0}
+    with ollama.Client(host=nexus.url, timeout=60) as client:
+        turn = client.generate(model=ALIAS, prompt=PROMPT, options=options)
+        raw = client.generate(model=ALIAS, prompt=PROMPT, raw=True, options=options)
+        streamed = "".join(
+            part.response
+            for part in client.generate(model=ALIAS, prompt=PROMPT, raw=True, options=options,
+                                        stream=True)
+        )  # fmt: skip
+    assert turn.response == chatted["choices"][0]["message"]["content"]
+    assert raw.response == completed["choices"][0]["text"]
+    assert streamed == completed["choices"][0]["text"]
