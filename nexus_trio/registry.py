@@ -97,6 +97,10 @@ class Capability(StrEnum):
     TOOLS = "tools"
     JSON = "json"
     INSERT = "insert"  # fill in the middle (Ollama's name)
+    # Ollama's names too. A model whose known capabilities have EMBEDDING and not
+    # COMPLETION is embedding-only (`ModelInfo.embeds_only`): it takes no chat.
+    COMPLETION = "completion"
+    EMBEDDING = "embedding"
 
 
 class Secret(str):
@@ -133,6 +137,14 @@ class ModelInfo:
     def supports(self, capability: Capability) -> bool:
         """Unknown capabilities count as supported: the backend will say no if not."""
         return self.capabilities is None or capability in self.capabilities
+
+    @property
+    def embeds_only(self) -> bool:
+        """Known to be an embedding model that cannot generate (chat, completions)."""
+        caps = self.capabilities
+        return (
+            caps is not None and Capability.EMBEDDING in caps and Capability.COMPLETION not in caps
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,7 @@ LAYERS: dict[str, int] = {
     "errors": 0,
     "jsonparse": 0,
     "drain": 0,
+    "instance": 0,  # this Nexus's id on the wire (X-Nexus-Via)
     "testing": 0,  # simulated backends: standalone, they speak to Nexus only over sockets
     "config": 1,
     "logs": 2,

@@ -176,10 +176,16 @@ def test_bad_entries_are_skipped_and_bad_lengths_ignored() -> None:
 
 def test_ollama_show_gives_capabilities_and_context() -> None:
     assert parse_ollama_show("llama3.1:8b", OLLAMA_SHOW["llama3.1:8b"]) == ModelInfo(
-        "llama3.1:8b", "ollama", 131072, frozenset({Capability.TOOLS, Capability.JSON})
+        "llama3.1:8b",
+        "ollama",
+        131072,
+        frozenset({Capability.COMPLETION, Capability.TOOLS, Capability.JSON}),
     )
     assert parse_ollama_show("llava:7b", OLLAMA_SHOW["llava:7b"]) == ModelInfo(
-        "llava:7b", "ollama", 32768, frozenset({Capability.VISION, Capability.JSON})
+        "llava:7b",
+        "ollama",
+        32768,
+        frozenset({Capability.COMPLETION, Capability.VISION, Capability.JSON}),
     )
 
 

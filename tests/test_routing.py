@@ -165,6 +165,13 @@ def shortfalls(info: ModelInfo, needs: Requirements) -> set[str]:
     }
     if info.context_length is not None and needs.context_tokens > info.context_length:
         missing.add("context")
+    # The kind of work: an embeddings request needs a model that embeds; any other one a
+    # model not known to be embedding-only (it embeds and does not complete).
+    if needs.embedding and caps is not None and Capability.EMBEDDING not in caps:
+        missing.add("embedding")
+    embeds_only = caps is not None and Capability.COMPLETION not in caps
+    if not needs.embedding and embeds_only and Capability.EMBEDDING in caps:
+        missing.add("embedding-only")
     return missing
 
 

@@ -28,6 +28,8 @@ from nexus_trio.api.responses import make_responses_blueprint
 from nexus_trio.catalog import listed_models, model_entry
 from nexus_trio.dialects import ANTHROPIC, CHAT, Dialect
 from nexus_trio.dialects.completions import COMPLETIONS, COMPLETIONS_PATH
+from nexus_trio.dialects.embed_ollama import ollama_embed_dialects
+from nexus_trio.dialects.embeddings import EMBEDDINGS, EMBEDDINGS_PATH
 from nexus_trio.dialects.ollama_writer import ollama_chat_dialect, ollama_generate_dialect
 from nexus_trio.dialects.response_store import ResponseStore
 from nexus_trio.dialects.responses_writer import responses_dialect
@@ -175,6 +177,7 @@ def make_app(gateway: Gateway) -> Any:
     # Ollama's native API: listings here, /api/chat and /api/generate in the pipeline.
     quart_app.register_blueprint(make_ollama_blueprint(gateway))
     ollama_generate = ollama_generate_dialect(lambda: known_names(gateway))
+    ollama_embed, ollama_embeddings = ollama_embed_dialects(lambda: known_names(gateway))
     # The inference APIs, each served by the one request pipeline with its dialect. A
     # query string (Claude Code's ``?beta=true``) is not part of the ASGI path.
     inference: dict[str, Dialect] = {
@@ -184,6 +187,9 @@ def make_app(gateway: Gateway) -> Any:
         "/api/chat": ollama_chat_dialect(lambda: known_names(gateway)),
         "/api/generate": ollama_generate,
         COMPLETIONS_PATH: COMPLETIONS,
+        EMBEDDINGS_PATH: EMBEDDINGS,
+        "/api/embed": ollama_embed,
+        "/api/embeddings": ollama_embeddings,
     }
 
     via = (VIA_HEADER.encode(), gateway.instance_id.encode())

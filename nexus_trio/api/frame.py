@@ -216,8 +216,10 @@ async def serve_inference(
                     chat = dialect.parse(body, settings.routing)
                     writer = dialect.writer(chat, downstream, request_id)
                     requested, stream = chat.needs.model, chat.needs.stream
-                    # The prompt as logged: chat messages, a legacy completion's prompt.
-                    messages = chat.payload.get("messages", chat.payload.get("prompt"))
+                    # The prompt as logged: chat messages, a legacy completion's prompt,
+                    # embeddings' input.
+                    payload = chat.payload
+                    messages = payload.get("messages", payload.get("prompt", payload.get("input")))
                     beats = trio.CancelScope()
                     if dialect.keeps_alive:
                         nursery.start_soon(_keep_alive, writer, beats)

@@ -35,6 +35,8 @@ _OLLAMA_CAPABILITIES = {
     "vision": Capability.VISION,
     "tools": Capability.TOOLS,
     "insert": Capability.INSERT,
+    "completion": Capability.COMPLETION,
+    "embedding": Capability.EMBEDDING,
 }
 
 

@@ -64,7 +64,7 @@ __all__ = [
 ]
 
 MAX_ALIAS_HOPS: Final = 3
-CAPABILITIES: Final = ("vision", "tools", "json")
+CAPABILITIES: Final = ("vision", "tools", "json", "completion", "embedding")
 DEFAULT_SERVICE_TYPES: Final = ("_ollama._tcp.local.", "_llm._tcp.local.")
 # Ollama, llama.cpp (and LocalAI), vLLM, LM Studio, exo.
 DEFAULT_PROBE_PORTS: Final = (11434, 8080, 8000, 1234, 52415)

@@ -147,7 +147,7 @@ async def _whole_chat(
         with exchange.registry.occupy(candidate.backend):
             try:
                 answer = await _ask_whole(
-                    exchange, candidate, _body_for(chat, candidate), chat.path
+                    exchange, candidate, _body_for(chat, candidate), chat.path, chat.answer_key
                 )
             except BackendError as failure:
                 _failed(exchange, candidate, failure)
@@ -158,9 +158,10 @@ async def _whole_chat(
 
 
 async def _ask_whole(
-    exchange: Exchange, candidate: Candidate, body: bytes, path: str
+    exchange: Exchange, candidate: Candidate, body: bytes, path: str, answer_key: str = "choices"
 ) -> WholeAnswer:
-    """One non-streaming try at ``candidate``: its completion, or its refusal.
+    """One non-streaming try at ``candidate``: its answer (a JSON object with
+    ``answer_key``: a completion's ``choices``, embeddings' ``data``), or its refusal.
 
     Raises:
         BackendError: it failed (the next candidate may serve).
@@ -188,9 +189,9 @@ async def _ask_whole(
             parsed = jsonparse.loads(answer)
         except ValueError:
             parsed = None
-        if not isinstance(parsed, dict) or "choices" not in parsed:
+        if not isinstance(parsed, dict) or answer_key not in parsed:
             raise BackendProtocolError(
-                backend.name, "answered 200 with a body that is not a completion"
+                backend.name, f"answered 200 with a body that has no {answer_key!r}"
             )
         add_usage(exchange.outcome.usage, parsed.get("usage"))
         exchange.outcome.answer = _answer_text(parsed)

@@ -28,6 +28,7 @@ class Requirements:
     tools: bool = False
     json: bool = False
     fim: bool = False  # fill in the middle (a completion with a suffix)
+    embedding: bool = False  # an embeddings request: the model must embed, not generate
     context_tokens: int = 0  # estimated prompt tokens + requested completion tokens
 
 
@@ -57,6 +58,9 @@ class ChatRequest:
     # The backend endpoint the body goes to, under its base URL (chat completions unless a
     # dialect asks another: completions, embeddings).
     path: str = "/v1/chat/completions"
+    # The key a backend's whole 200 answer must have to be one (a chat or text completion:
+    # ``choices``; embeddings: ``data``); anything else is a protocol error, and fails over.
+    answer_key: str = "choices"
     # How a request that is not a chat turn asks each backend (its endpoint and body differ
     # by backend type); None: a chat completion, sent to ``path``.
     plan: UpstreamPlan | None = None

@@ -141,6 +141,14 @@ def _incapability(info: ModelInfo, needs: Requirements) -> str | None:
     return None
 
 
+def _kind_fits(info: ModelInfo, needs: Requirements) -> bool:
+    """Whether the model does this kind of work, as far as we know: an embeddings request
+    needs a model that embeds; any other request one that is not embedding-only."""
+    if needs.embedding:
+        return info.supports(Capability.EMBEDDING)
+    return not info.embeds_only
+
+
 def _fills_in(backend: Backend, info: ModelInfo) -> bool:
     """Whether ``backend`` can fill in the middle with this model, each in its own way:
     Ollama takes a ``suffix`` (for a model with the ``insert`` capability, or one it did
@@ -255,6 +263,18 @@ def _why_none(model: str, serving: Sequence[Backend], needs: Requirements) -> Ne
             "tokens (its /infill). Send the request without 'suffix', or choose such a model.",
             param="suffix",
         )
+    if not any(_kind_fits(b.models[model], needs) for b in routable):
+        if needs.embedding:
+            return ModelCannotServe(
+                f"{model!r} is not an embedding model (its backends say it cannot embed). "
+                "Choose an embedding model (see GET /v1/models: capabilities 'embedding').",
+                param="model",
+            )
+        return ModelCannotServe(
+            f"{model!r} is an embedding model: it makes embeddings, not text. Send it to "
+            "POST /v1/embeddings (Ollama: /api/embed), or choose a chat model.",
+            param="model",
+        )
     reasons = {_incapability(b.models[model], needs) for b in routable}
     if None in reasons:
         # Some backend could serve it and is only busy: that passes, so say retry.
@@ -295,6 +315,8 @@ def _eligible(roster: Roster, needs: Requirements) -> Sequence[RosterEntry]:
         ]
     if needs.fim:
         entries = [e for e in entries if _fills_in(e[0], e[1])]
+    if roster.capabilities_known:
+        entries = [e for e in entries if _kind_fits(e[1], needs)]
     return entries
 
 

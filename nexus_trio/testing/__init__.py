@@ -19,6 +19,7 @@ failover can be checked word for word.
 """
 
 from ._backend import SimulatedBackend
+from ._embeddings import embedding_of
 from ._fleet import demo_fleet, serve_fleet
 from ._text import continuation, expected_answer
 from ._types import Faults, Flavor, SimModel, SimStats
@@ -31,6 +32,7 @@ __all__ = [
     "SimulatedBackend",
     "continuation",
     "demo_fleet",
+    "embedding_of",
     "expected_answer",
     "serve_fleet",
 ]

@@ -21,6 +21,7 @@ from ._completions import (
     error_payload,
     plan_chat,
 )
+from ._embeddings import refuse_chat
 from ._http import PeerGone, Request, Responder
 from ._types import Faults
 
@@ -91,6 +92,11 @@ async def _respond(backend: SimulatedBackend, request: Request, responder: Respo
     if body is _INVALID:
         message = "We could not parse the JSON body of your request: it is not valid JSON."
         await responder.send_json(400, error_payload(backend.flavor, 400, message))
+        return
+    name = body.get("model") if isinstance(body, dict) else None
+    model = backend.models_by_id.get(name) if isinstance(name, str) else None
+    if model is not None and model.embedding:
+        await responder.send_json(*refuse_chat(backend.flavor, str(body["model"])))
         return
     try:
         answer = plan_chat(

@@ -114,7 +114,7 @@ async def show(backend: SimulatedBackend, request: Request, responder: Responder
 def _show(model: SimModel) -> dict[str, Any]:
     facts = card(model.id)
     arch = facts.family
-    capabilities = ["completion"]
+    capabilities = ["embedding"] if model.embedding else ["completion"]
     if model.vision:
         capabilities.append("vision")
     if model.tools:

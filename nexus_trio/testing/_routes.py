@@ -20,6 +20,7 @@ from . import _native, _ollama, _text_completion, _tokenize
 from ._catalog import CREATED, card
 from ._chat import handle_chat
 from ._completions import FINGERPRINTS
+from ._embeddings import handle_embeddings
 from ._http import Request, Responder
 from ._types import Flavor, SimModel
 
@@ -219,6 +220,7 @@ async def chat(backend: SimulatedBackend, request: Request, responder: Responder
 
 _CHAT: Final = {"POST": chat}
 _COMPLETIONS: Final = {"POST": _text_completion.completions}
+_EMBEDDINGS: Final = {"POST": handle_embeddings}
 
 ROUTES: Final[Mapping[Flavor, Mapping[str, Mapping[str, Route]]]] = {
     Flavor.OLLAMA: {
@@ -230,6 +232,7 @@ ROUTES: Final[Mapping[Flavor, Mapping[str, Mapping[str, Route]]]] = {
         "/v1/models": {"GET": ollama_models},
         "/v1/chat/completions": _CHAT,
         "/v1/completions": _COMPLETIONS,
+        "/v1/embeddings": _EMBEDDINGS,
     },
     Flavor.VLLM: {
         "/health": {"GET": vllm_health},
@@ -238,6 +241,7 @@ ROUTES: Final[Mapping[Flavor, Mapping[str, Mapping[str, Route]]]] = {
         "/v1/models": {"GET": vllm_models},
         "/v1/chat/completions": _CHAT,
         "/v1/completions": _COMPLETIONS,
+        "/v1/embeddings": _EMBEDDINGS,
         "/tokenize": {"POST": _tokenize.vllm_tokenize},
     },
     Flavor.LLAMACPP: {
@@ -253,6 +257,8 @@ ROUTES: Final[Mapping[Flavor, Mapping[str, Mapping[str, Route]]]] = {
         "/completions": _COMPLETIONS,
         "/v1/completions": _COMPLETIONS,
         "/infill": {"POST": _text_completion.infill},
+        "/embeddings": _EMBEDDINGS,
+        "/v1/embeddings": _EMBEDDINGS,
         "/apply-template": {"POST": _tokenize.llamacpp_apply_template},
         "/tokenize": {"POST": _tokenize.llamacpp_tokenize},
     },

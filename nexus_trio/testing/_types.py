@@ -32,6 +32,9 @@ class SimModel:
     context_length: int = 8192
     vision: bool = False
     tools: bool = False
+    # An embedding model: serves /v1/embeddings and refuses chat (Ollama lists its
+    # capabilities as ["embedding"]). Every flavour but Ollama embeds with any model.
+    embedding: bool = False
     insert: bool = False  # fills in the middle (Ollama's "insert"; llama.cpp's FIM tokens)
 
 
@@ -108,6 +111,8 @@ class SimStats:
     last_headers: dict[str, str] = field(default_factory=dict)
     chat_by_model: Counter[str] = field(default_factory=Counter)
     disconnected: trio.Event = field(default_factory=trio.Event)
+    embedding_requests: int = 0  # every POST /v1/embeddings
+    last_embeddings_body: dict[str, Any] | None = None
 
     def reset(self) -> None:
         """Zero the counters (not ``chat_in_flight``) and arm a fresh ``disconnected``."""
@@ -119,3 +124,5 @@ class SimStats:
         self.last_headers = {}
         self.chat_by_model = Counter()
         self.disconnected = trio.Event()
+        self.embedding_requests = 0
+        self.last_embeddings_body = None

@@ -35,6 +35,7 @@ class LlamaServer:
     model: Path
     port: int = field(default_factory=_free_port)
     process: subprocess.Popen[bytes] | None = None
+    extra: tuple[str, ...] = ()  # more llama-server flags (``--embeddings``)
 
     @property
     def url(self) -> str:
@@ -44,7 +45,7 @@ class LlamaServer:
         self.process = subprocess.Popen(
             [str(self.binary), "-m", str(self.model), "--alias", ALIAS, "--host", "127.0.0.1",
              "--port", str(self.port), "-c", str(CONTEXT), "--parallel", str(PARALLEL),
-             "-t", "1"],
+             "-t", "1", *self.extra],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )  # fmt: skip
         listening = threading.Event()
