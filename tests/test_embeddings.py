@@ -264,3 +264,15 @@ def test_no_input_crashes_the_parser(value: Any) -> None:
     except RequestError as exc:
         status = exc.status
     assert status in (200, 400)
+
+
+async def test_ollama_show_says_embedding_only(start_nexus: Any) -> None:
+    nexus = await start_nexus([embedder("a", Flavor.OLLAMA)])
+    client = ollama.AsyncClient(host=nexus.url)
+    nexus.sdk_clients.append(client)
+    shown = await client.show("nomic-embed-text")
+    assert shown.capabilities == ["embedding"]
+    chat = await client.show("llama3:8b")
+    assert chat.capabilities is not None
+    assert "completion" in chat.capabilities
+    assert "embedding" not in chat.capabilities

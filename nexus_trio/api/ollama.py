@@ -165,7 +165,9 @@ def _capabilities(gateway: Gateway, model: str) -> tuple[list[str], int | None]:
     known = [i.capabilities for i in infos if i.capabilities is not None]
     contexts = [i.context_length for i in infos if i.context_length]
     values = {c.value for caps in known for c in caps} if known else {"tools"}
-    names = [] if values == {"embedding"} else ["completion"]
+    # An embedding-only model (every backend that says so) does not complete.
+    embeds_only = bool(known) and all(i.embeds_only for i in infos if i.capabilities is not None)
+    names = [] if embeds_only else ["completion"]
     names += [c for c in _CAPABILITIES if c in values]
     return names, max(contexts) if contexts else None
 
