@@ -276,3 +276,17 @@ async def test_ollama_show_says_embedding_only(start_nexus: Any) -> None:
     assert chat.capabilities is not None
     assert "completion" in chat.capabilities
     assert "embedding" not in chat.capabilities
+
+
+async def test_the_answer_is_the_backends_bytes(start_nexus: Any) -> None:
+    """The backend's JSON reaches the client untouched (the simulated answer has no ids or
+    times, so asking the backend itself gives the same bytes)."""
+    a = embedder("a", Flavor.LLAMACPP)
+    nexus = await start_nexus([a])
+    body = {"model": EMBED, "input": ["x", "y z"], "encoding_format": "base64", "user": "u"}
+    through = await nexus.http.post("/v1/embeddings", json=body)
+    async with httpx.AsyncClient() as http:
+        direct = await http.post(a.url + "/v1/embeddings", json=body)
+    assert through.status_code == direct.status_code == 200
+    assert through.content == direct.content
+    assert through.headers["x-nexus-backend"] == "a"
