@@ -17,6 +17,7 @@ its message says what to do next::
     │   ├── BackendExists           409  admin: that name or server is registered already
     │   └── NotAServer              422  admin/discovery: nothing LLM-like answers there
     ├── AdminForbidden              403  admin API from elsewhere without the token
+    ├── RequestLoop                 508  loop_detected: a request this Nexus sent itself
     ├── NoHealthyBackend            503  with Retry-After
     │   ├── BackendsBusy            503  backends_busy: all at max_concurrency
     │   └── ShuttingDown            503  shutting_down: Nexus is draining
@@ -64,6 +65,7 @@ __all__ = [
     "NoHealthyBackend",
     "NotAServer",
     "RequestError",
+    "RequestLoop",
     "ResponseNotKept",
     "ShuttingDown",
     "error_body",
@@ -189,6 +191,14 @@ class AdminForbidden(NexusError):
     status = 403
     type = "permission_error"
     code = "admin_forbidden"
+
+
+class RequestLoop(NexusError):
+    """A request that carries this Nexus's own ``X-Nexus-Via``: a backend's URL leads back
+    here, and forwarding it again would only loop (HTTP 508, Loop Detected)."""
+
+    status = 508
+    code = "loop_detected"
 
 
 class NoHealthyBackend(NexusError):

@@ -160,8 +160,9 @@ async def serve_nexus(
     stop = trio.Event() if stop is None else stop
     backends = [Backend.from_settings(b, environ) for b in settings.backends]
     drain = Drain()
+    instance_id = new_instance_id()
     async with (
-        open_upstream_client(settings.routing.timeouts.connect_seconds) as client,
+        open_upstream_client(settings.routing.timeouts.connect_seconds, instance_id) as client,
         trio.open_nursery() as root,
     ):
         if handle_signals:
@@ -172,7 +173,6 @@ async def serve_nexus(
             backends += demo_backends(fleet_sims)
         registry = Registry(backends, settings.health_check)
         found, inbox = trio.open_memory_channel[Found](256)
-        instance_id = new_instance_id()
         state = StateFile(default_state_path(settings))
         fleet = await root.start(
             Fleet(registry, client, settings, state, instance_id=instance_id).run, inbox

@@ -4,6 +4,7 @@ API, or hears of one over discovery."""
 
 from __future__ import annotations
 
+import json
 import logging
 from functools import partial
 from typing import Any
@@ -14,14 +15,18 @@ import trio
 import trio.testing
 
 from nexus_trio.backends.detect import fingerprint, nexus_refusal
-from nexus_trio.config import DiscoverySettings, settings_from_mapping
+from nexus_trio.config import BackendType, DiscoverySettings, settings_from_mapping
 from nexus_trio.discovery.found import Found
 from nexus_trio.discovery.probe import run_local_probe
+from nexus_trio.errors import BackendProtocolError
+from nexus_trio.registry import Backend
 from nexus_trio.supervisor import serve_nexus
 from nexus_trio.testing import Flavor
+from nexus_trio.upstream.client import open_upstream_client
 
 from helpers import nexus_config, sim
 
+CHAT = "/v1/chat/completions"
 HELLO = {"model": "llama3:8b", "messages": [{"role": "user", "content": "hi"}]}
 
 
@@ -143,3 +148,22 @@ async def test_probing_skips_every_nexus(
     assert len(skipped) == 2  # once per Nexus, not once per cycle
     assert any("this Nexus itself" in s for s in skipped)
     assert any("another Nexus" in s for s in skipped)
+
+
+async def test_a_request_that_comes_back_is_refused_at_once(start_nexus: Any) -> None:
+    """A backend whose URL leads back to this Nexus (a configured one is trusted as
+    written): the request Nexus sends it carries Nexus's own id, so it is refused at once
+    (508) instead of being forwarded again, and the refusal's id tells the sender it met
+    itself, so the attempt fails and routing moves on."""
+    nexus = await start_nexus([sim("a")])
+    own = nexus.gateway.instance_id
+    looped = await nexus.http.post(CHAT, json=HELLO, headers={"x-nexus-via": own})
+    assert looped.status_code == 508
+    assert looped.json()["error"]["code"] == "loop_detected"
+    assert looped.headers["x-nexus-via"] == own
+    # Another Nexus's id is no loop: a chain of two is served.
+    assert (await nexus.http.post(CHAT, json=HELLO, headers={"x-nexus-via": "other"})).is_success
+    itself = Backend(name="myself", url=nexus.url, type=BackendType.GENERIC)
+    async with open_upstream_client(5.0, own) as client:
+        with pytest.raises(BackendProtocolError, match="leads back to this Nexus"):
+            await client.open_chat(itself, "r-1", json.dumps(HELLO).encode())

@@ -30,8 +30,9 @@ from typing import Any
 import trio
 
 from nexus_trio.dialects import Dialect
-from nexus_trio.errors import BodyTooLarge, NexusError, ShuttingDown
+from nexus_trio.errors import BodyTooLarge, NexusError, RequestLoop, ShuttingDown
 from nexus_trio.gateway import Gateway
+from nexus_trio.instance import VIA_HEADER
 from nexus_trio.observe import (
     CLIENT_DISCONNECTED,
     CLIENT_GONE,
@@ -59,6 +60,7 @@ ASGISend = Any
 Scope = dict[str, Any]
 
 _MAX_REQUEST_ID = 128
+VIA_HEADER_BYTES = VIA_HEADER.encode()
 # How long a request the drain cut gets to write its last event and end.
 _CUT_WRITE_SECONDS = 2.0
 # ASGI sends shielded whole (see `serve_inference`): HTTP/1, where hypercorn shields the write.
@@ -78,6 +80,13 @@ def sane_request_id(text: str | None) -> str:
     if 0 < len(text) <= _MAX_REQUEST_ID and text.isprintable():
         return text
     return uuid.uuid4().hex
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return bytes(value)
+    return None
 
 
 def request_id_of(scope: Scope) -> str:
@@ -212,6 +221,11 @@ async def serve_inference(
                         raise ShuttingDown(
                             "Nexus is shutting down and takes no new requests; retry in a few "
                             "seconds (another instance, or this one once it has restarted)."
+                        )
+                    if _header(scope, VIA_HEADER_BYTES) == gateway.instance_id.encode():
+                        raise RequestLoop(
+                            "This request came from this Nexus itself: one of its backends "
+                            "leads back to it. Point that backend at the inference server."
                         )
                     chat = dialect.parse(body, settings.routing)
                     writer = dialect.writer(chat, downstream, request_id)

@@ -11,8 +11,10 @@ from __future__ import annotations
 from types import TracebackType
 
 import httpx
+import trio
 
 from nexus_trio.errors import BackendError, BackendProtocolError, BackendTimeout, BackendUnreachable
+from nexus_trio.instance import VIA_HEADER
 from nexus_trio.registry import Backend
 from nexus_trio.upstream.http1 import USER_AGENT, Http1Pool, Http1Response
 
@@ -37,7 +39,9 @@ class UpstreamClient(httpx.AsyncClient):
     relaying needs.
     """
 
-    def __init__(self, connect_timeout_seconds: float) -> None:
+    def __init__(self, connect_timeout_seconds: float, own_id: str | None = None) -> None:
+        # This Nexus's X-Nexus-Via: an answer carrying it came back to us (see `open_chat`).
+        self.own_id = own_id
         # One TLS context for both: each costs a read of the CA bundle (~15 ms).
         tls = httpx.create_ssl_context()
         self.chat = Http1Pool(connect_timeout_seconds, tls)
@@ -58,9 +62,22 @@ class UpstreamClient(httpx.AsyncClient):
 
         Raises:
             httpx.TransportError: the request could not be sent or the head not read.
+            BackendProtocolError: the answer is this Nexus's own (the backend routes back
+                here): asking again would only loop.
         """
         headers = {**backend_headers(backend, request_id), "content-type": "application/json"}
-        return await self.chat.post(backend.url + path, headers, body)
+        if self.own_id is not None:
+            headers[VIA_HEADER] = self.own_id  # a Nexus that gets it back refuses it at once
+        response = await self.chat.post(backend.url + path, headers, body)
+        if self.own_id is not None and response.headers.get(VIA_HEADER) == self.own_id:
+            with trio.move_on_after(1, shield=True):
+                await response.aclose()
+            raise BackendProtocolError(
+                backend.name,
+                "answers with this Nexus's own X-Nexus-Via: its URL leads back to this Nexus; "
+                "point it at the inference server itself",
+            )
+        return response
 
     async def aclose(self) -> None:
         try:
@@ -81,13 +98,16 @@ class UpstreamClient(httpx.AsyncClient):
             await super().__aexit__(exc_type, exc_value, traceback)
 
 
-def open_upstream_client(connect_timeout_seconds: float) -> UpstreamClient:
-    """The one client every backend call goes through (pooled keep-alive connections).
+def open_upstream_client(
+    connect_timeout_seconds: float, own_id: str | None = None
+) -> UpstreamClient:
+    """The one client every backend call goes through (pooled keep-alive connections);
+    ``own_id`` is this Nexus's ``X-Nexus-Via``, refused in an answer.
 
     Deadlines on reads are set by the callers with trio cancel scopes, per
     phase; httpx only bounds the connect.
     """
-    return UpstreamClient(connect_timeout_seconds)
+    return UpstreamClient(connect_timeout_seconds, own_id)
 
 
 def backend_headers(backend: Backend, request_id: str | None = None) -> dict[str, str]:
