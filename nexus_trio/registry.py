@@ -34,7 +34,7 @@ import ipaddress
 import logging
 import math
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Literal
@@ -42,7 +42,14 @@ from urllib.parse import urlsplit
 
 import trio
 
-from nexus_trio.config import BackendSettings, BackendType, HealthCheckSettings, ModelOverride
+from nexus_trio.aging import AgingTable
+from nexus_trio.config import (
+    AffinitySettings,
+    BackendSettings,
+    BackendType,
+    HealthCheckSettings,
+    ModelOverride,
+)
 from nexus_trio.errors import BackendError, BackendStatus
 
 __all__ = [
@@ -401,13 +408,20 @@ class Registry:
     """Backends by name, their models, health and load; publishes every change.
 
     ``health_check`` gives the breaker its times (``ejection_base_seconds``,
-    ``ejection_max_seconds``); the defaults when it is None.
+    ``ejection_max_seconds``); ``affinity`` the bounds of the conversation table
+    (`affinity`, which `conversation_served` alone writes); the defaults when None.
     """
 
     def __init__(
-        self, backends: Iterable[Backend] = (), health_check: HealthCheckSettings | None = None
+        self,
+        backends: Iterable[Backend] = (),
+        health_check: HealthCheckSettings | None = None,
+        affinity: AffinitySettings | None = None,
     ) -> None:
         breaker = health_check or HealthCheckSettings()
+        bounds = affinity or AffinitySettings()
+        # Which backend served which conversation, per model: routing reads it.
+        self.affinity = AgingTable(bounds.max_entries, bounds.max_age_seconds)
         self._ejection_base = breaker.ejection_base_seconds
         self._ejection_max = breaker.ejection_max_seconds
         self._by_name: dict[str, Backend] = {}
@@ -648,6 +662,12 @@ class Registry:
                 backend.name, backend.served_in_a_row, backend.ejections,
             )  # fmt: skip
             backend.ejections = 0
+
+    def conversation_served(self, backend: Backend, model: str, keys: Iterable[Hashable]) -> None:
+        """``backend`` answered a conversation of ``model`` (as the client named it), known
+        by ``keys`` (`nexus_trio.routing.affinity.served_keys`): its next turn prefers this
+        backend, whose cache now holds it."""
+        self.affinity.set(model, keys, backend.name, trio.current_time())
 
     def record_ttft(self, backend: Backend, seconds: float) -> None:
         if not math.isfinite(seconds) or seconds < 0:

@@ -171,7 +171,7 @@ async def serve_nexus(
         if fleet_sims:
             await root.start(serve_fleet, fleet_sims)
             backends += demo_backends(fleet_sims)
-        registry = Registry(backends, settings.health_check)
+        registry = Registry(backends, settings.health_check, settings.routing.affinity)
         found, inbox = trio.open_memory_channel[Found](256)
         state = StateFile(default_state_path(settings))
         fleet = await root.start(

@@ -21,6 +21,7 @@ LAYERS: dict[str, int] = {
     "jsonparse": 0,
     "drain": 0,
     "instance": 0,  # this Nexus's id on the wire (X-Nexus-Via)
+    "aging": 0,  # a bounded map that forgets (the registry's conversation table)
     "testing": 0,  # simulated backends: standalone, they speak to Nexus only over sockets
     "config": 1,
     "logs": 2,

@@ -29,6 +29,7 @@ from typing import Any
 
 import trio
 
+from nexus_trio.config import Strategy
 from nexus_trio.dialects import Dialect
 from nexus_trio.errors import BodyTooLarge, NexusError, RequestLoop, ShuttingDown
 from nexus_trio.gateway import Gateway
@@ -42,6 +43,7 @@ from nexus_trio.observe import (
 from nexus_trio.proxy.exchange import Exchange, Outcome
 from nexus_trio.proxy.forward import forward_chat
 from nexus_trio.proxy.writer import KEEP_ALIVE_SECONDS, Writer
+from nexus_trio.routing.affinity import conversation_key
 from nexus_trio.routing.patience import plan_route_patiently
 from nexus_trio.routing.requirements import ChatRequest
 
@@ -238,7 +240,9 @@ async def serve_inference(
                     if dialect.keeps_alive:
                         nursery.start_soon(_keep_alive, writer, beats)
                     try:
-                        await _route_and_forward(gateway, chat, request_id, writer, outcome)
+                        await _route_and_forward(
+                            gateway, chat, request_id, writer, outcome, _session_header(scope)
+                        )
                     finally:
                         beats.cancel()
                 except NexusError as exc:
@@ -286,15 +290,40 @@ async def serve_inference(
             )  # fmt: skip
 
 
+_SESSION_HEADERS = (b"x-session-id", b"x-claude-code-session-id")
+
+
+def _session_header(scope: Scope) -> str | None:
+    """The session the client named in a header (``X-Session-Id``, Claude Code's
+    ``X-Claude-Code-Session-Id``), if any."""
+    for name in _SESSION_HEADERS:
+        value = _header(scope, name)
+        if value:
+            return value.decode("latin-1")
+    return None
+
+
 async def _route_and_forward(
-    gateway: Gateway, chat: ChatRequest, request_id: str, writer: Writer, outcome: Outcome
+    gateway: Gateway,
+    chat: ChatRequest,
+    request_id: str,
+    writer: Writer,
+    outcome: Outcome,
+    session: str | None = None,
 ) -> None:
     """Route ``chat`` (waiting for a backend if none can take it yet) and forward it."""
     routing = gateway.settings.routing
-    decision = await plan_route_patiently(chat.needs, gateway.registry, routing)
-    exchange = Exchange(
-        gateway.client, gateway.registry, routing.timeouts, request_id, writer, outcome
+    conversation = None
+    if routing.affinity.enabled and routing.strategy is Strategy.SMART and not chat.needs.embedding:
+        conversation = conversation_key(chat.payload, session, chat.session)
+    decision = await plan_route_patiently(
+        chat.needs, gateway.registry, routing, conversation=conversation
     )
+    outcome.affinity = decision.affinity
+    exchange = Exchange(
+        gateway.client, gateway.registry, routing.timeouts, request_id, writer, outcome,
+        conversation=conversation, model=chat.needs.model,
+    )  # fmt: skip
     await forward_chat(exchange, chat, decision, routing)
 
 

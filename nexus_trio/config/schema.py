@@ -48,6 +48,7 @@ __all__ = [
     "DEFAULT_PROBE_PORTS",
     "DEFAULT_SERVICE_TYPES",
     "MAX_ALIAS_HOPS",
+    "AffinitySettings",
     "BackendSettings",
     "BackendType",
     "DiscoverySettings",
@@ -300,6 +301,37 @@ class TimeoutSettings:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class AffinitySettings:
+    """``[routing.affinity]``: send a conversation's turns to the backend that still holds
+    its prefix in its KV cache (``smart`` routing only)."""
+
+    enabled: bool = _key(
+        Bool(),
+        "Prefer the backend that served a request's conversation (its longest known message "
+        "prefix, or its session: X-Session-Id, user, prompt_cache_key, metadata.user_id).",
+        default=True,
+        example="false",
+    )
+    slack: float = _key(
+        _NOT_NEGATIVE,
+        "The preferred backend is passed over when its load is above (1 + slack) times the "
+        "mean load of the model's backends.",
+        default=0.5,
+        example="0.25",
+    )
+    max_entries: int = _key(
+        _AT_LEAST_ONE,
+        "Conversations remembered per model; the least recently served is forgotten first.",
+        default=10_000,
+    )
+    max_age_seconds: float = _key(
+        _POSITIVE,
+        "A conversation not served for this long is forgotten (servers evict caches too).",
+        default=600.0,
+    )
+
+
 def is_alias_pattern(name: str) -> bool:
     """Whether an alias key is a glob pattern (``*``, ``?`` or ``[...]``, as `fnmatch`)."""
     return any(c in name for c in "*?[")
@@ -404,6 +436,9 @@ class RoutingSettings:
     )
     timeouts: TimeoutSettings = _table(
         TimeoutSettings, "One deadline per phase of an attempt; when it fires, the next backend."
+    )
+    affinity: AffinitySettings = _table(
+        AffinitySettings, "Conversation affinity: turns of one conversation to one backend."
     )
     # The pattern keys of ``aliases``, most specific first (derived, not loaded).
     alias_patterns: tuple[AliasPattern, ...] = field(default=(), init=False, repr=False,

@@ -507,7 +507,15 @@ def parse_messages_request(body: bytes, routing: RoutingSettings) -> ChatRequest
         client_wants_usage=False,
         origin=origin,
         limit_is_ceiling=True,
+        session=_user_id(request),
     )
+
+
+def _user_id(request: Json) -> str | None:
+    """``metadata.user_id``: who the request is for (Claude Code: one id per session)."""
+    metadata = request.get("metadata")
+    user = metadata.get("user_id") if isinstance(metadata, dict) else None
+    return user if isinstance(user, str) and user else None
 
 
 def parse_count_tokens_request(body: bytes) -> ChatRequest:

@@ -194,6 +194,7 @@ def parse_responses_request(
     return ChatRequest(
         body=jsonparse.dumps(payload), payload=payload, needs=needs, streamed_upstream=True,
         client_wants_usage=False, origin=origin,
+        session=_session(request.get("prompt_cache_key")) or _session(request.get("user")),
     )  # fmt: skip
 
 
@@ -203,6 +204,11 @@ _REFUSED_FIELDS: Mapping[str, str] = {
     "prompt": "'prompt' names a prompt template stored at OpenAI, which Nexus cannot read; "
     "send the prompt's text in 'instructions' and 'input'.",
 }
+
+
+def _session(value: object) -> str | None:
+    """A session id the client gave (``prompt_cache_key``, ``user``), if it is one."""
+    return value if isinstance(value, str) and value else None
 
 
 def _echo(request: Mapping[str, Any], parallel: bool | None) -> dict[str, Any]:

@@ -84,6 +84,12 @@ class Metrics:
         self.errors = Counter(
             "nexus_errors", "Requests that ended in an error, by its code.", ["type"], registry=r
         )
+        self.affinity = Counter(
+            "nexus_affinity",
+            "Requests routed by conversation affinity: hit (to the backend that served the "
+            "conversation), miss (none known), yielded (that backend was out or too loaded).",
+            ["outcome"], registry=r,
+        )  # fmt: skip
         r.register(_FleetCollector(registry))
         ProcessCollector(registry=r)
         # Bounded like the labels: models served or configured, backends, a few statuses.
@@ -127,6 +133,8 @@ class Metrics:
             self.hedges.labels("lost").inc(record.hedges_started - record.hedges_won)
         if record.error is not None:
             self.errors.labels(record.error).inc()
+        if record.affinity is not None:
+            self.affinity.labels(record.affinity).inc()
 
     def exposition(self) -> bytes:
         """The Prometheus text format of every metric, as of now."""

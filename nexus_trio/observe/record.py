@@ -47,6 +47,7 @@ class RequestRecord:
     error_detail: str | None  # its message (the log line's ``detail``)
     time: float = field(default_factory=time.time)  # when it ended (Unix time)
     content: dict[str, Any] | None = None
+    affinity: str | None = None  # what conversation affinity did: hit, miss, yielded
 
     @classmethod
     def of(
@@ -84,6 +85,7 @@ class RequestRecord:
             error=error,
             error_detail=error_detail,
             content=content,
+            affinity=outcome.affinity,
         )
 
     @property

@@ -9,6 +9,7 @@ from nexus_trio.config import TimeoutSettings
 from nexus_trio.errors import BackendError
 from nexus_trio.proxy.writer import Writer
 from nexus_trio.registry import Backend, Registry
+from nexus_trio.routing.affinity import ConversationKey
 from nexus_trio.routing.router import Candidate
 from nexus_trio.upstream.client import UpstreamClient
 
@@ -48,6 +49,7 @@ class Outcome:
     hedges_won: int = 0
     usage: dict[str, int] = field(default_factory=dict)  # tokens, as the backends reported
     answer: str | None = None  # the answer's text (for logging.content)
+    affinity: str | None = None  # what conversation affinity did: hit, miss, yielded
     _unfollowed: list[tuple[str, str]] = field(default_factory=list)  # (backend, phase)
 
     def started(self, candidate: Candidate) -> None:
@@ -92,6 +94,11 @@ class Exchange:
     # Backend name -> its `Backend.returns` when this request last tried it: a backend that
     # failed is not tried again, by a failover or a continuation, until it has come back.
     tried: dict[str, int] = field(default_factory=dict)
+    # What the request is known by for conversation affinity (None: affinity is off, or
+    # it is no conversation), and the model the client named: the backend that answers
+    # it is remembered under them.
+    conversation: ConversationKey | None = None
+    model: str = ""
 
     def timeouts_for(self, backend: Backend) -> TimeoutSettings:
         """The routing timeouts, with the backend's own overrides applied."""

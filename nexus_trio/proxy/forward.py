@@ -60,6 +60,7 @@ from nexus_trio.proxy.exchange import Exchange
 from nexus_trio.proxy.streaming import OpenStream, open_stream, read_refusal, relay
 from nexus_trio.proxy.tracker import StreamTracker, add_usage
 from nexus_trio.proxy.writer import WholeAnswer
+from nexus_trio.routing.affinity import served_keys
 from nexus_trio.routing.requirements import Asked, ChatRequest
 from nexus_trio.routing.router import Candidate, RouteDecision
 from nexus_trio.upstream.client import translate_httpx_error
@@ -113,16 +114,20 @@ def _committed(exchange: Exchange, stream: OpenStream) -> None:
     exchange.registry.record_ttft(stream.candidate.backend, stream.ttft_seconds)
 
 
-def _succeeded(exchange: Exchange, candidate: Candidate) -> None:
-    """``candidate``'s backend answered to the end: the registry hears of it."""
+def _succeeded(exchange: Exchange, candidate: Candidate, answer: str | None) -> None:
+    """``candidate``'s backend answered to the end (with ``answer``, its text): the
+    registry hears of it, and of the conversation its cache now holds."""
     exchange.registry.request_succeeded(candidate.backend)
+    if exchange.conversation is not None:
+        keys = served_keys(exchange.conversation, answer)
+        exchange.registry.conversation_served(candidate.backend, exchange.model, keys)
 
 
 async def _pass_through(exchange: Exchange, answer: WholeAnswer) -> None:
     """Hand a backend's own whole answer (or refusal) to the client."""
     exchange.outcome.served(answer.candidate, answer.status)
     if answer.status == 200:
-        _succeeded(exchange, answer.candidate)
+        _succeeded(exchange, answer.candidate, exchange.outcome.answer)
     await exchange.writer.pass_through(answer)
 
 
@@ -287,7 +292,7 @@ async def _relay_answer(
                 return True
             stream, clean = continued, True
         if clean:
-            _succeeded(exchange, stream.candidate)
+            _succeeded(exchange, stream.candidate, tracker.text)
         await writer.end(tracker.usage)
         if clean:
             await stream.drain()

@@ -22,6 +22,7 @@ import trio
 from nexus_trio.config import RoutingSettings
 from nexus_trio.errors import BackendsBusy, NoHealthyBackend
 from nexus_trio.registry import Registry
+from nexus_trio.routing.affinity import ConversationKey, prefer
 from nexus_trio.routing.requirements import Requirements
 from nexus_trio.routing.router import Candidate, RouteDecision, plan_route
 
@@ -55,9 +56,13 @@ async def plan_route_patiently(
     *,
     admit: Callable[[Candidate], bool] | None = None,
     wait_seconds: float | None = None,
+    conversation: ConversationKey | None = None,
 ) -> RouteDecision:
     """`plan_route`, waiting up to ``wait_seconds`` (``routing.wait_for_backend_seconds``
     by default) for a backend to come back into rotation when none is in it.
+
+    ``conversation``, when given, is what the request is known by for affinity: the
+    backend the registry's table says served it is preferred (`plan_route`).
 
     ``admit``, when given, keeps only the candidates it accepts (a failover leaving out
     the backends it has tried); a decision with none left counts as none in rotation.
@@ -69,10 +74,14 @@ async def plan_route_patiently(
     refused: list[NoHealthyBackend] = []
 
     def look() -> RouteDecision | None:
+        preferred = None
+        if conversation is not None:
+            preferred = prefer(registry.affinity, needs.model, conversation, trio.current_time())
         try:
             decision = plan_route(
                 needs, registry.backends, routing, turn=registry.next_turn(),
-                rosters=registry.roster,
+                rosters=registry.roster, conversation=conversation is not None,
+                affinity=preferred,
             )  # fmt: skip
         except NoHealthyBackend as exc:
             if isinstance(exc, BackendsBusy) or wait <= 0:

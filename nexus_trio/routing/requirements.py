@@ -64,6 +64,9 @@ class ChatRequest:
     # How a request that is not a chat turn asks each backend (its endpoint and body differ
     # by backend type); None: a chat completion, sent to ``path``.
     plan: UpstreamPlan | None = None
+    # The session the client named in its own API's way (Anthropic ``metadata.user_id``):
+    # conversation affinity keeps its requests on one backend (`nexus_trio.routing.affinity`).
+    session: str | None = None
 
     def payload_for(self, context_length: int | None) -> dict[str, Any]:
         """The request's JSON for a model with ``context_length`` (None: not known): the

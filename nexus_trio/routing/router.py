@@ -28,9 +28,13 @@ from nexus_trio.errors import (
     NoHealthyBackend,
 )
 from nexus_trio.registry import Backend, Capability, ModelInfo, Roster, RosterEntry
+from nexus_trio.routing.affinity import Preference
 from nexus_trio.routing.requirements import Requirements
 
 __all__ = [
+    "HIT",
+    "MISS",
+    "YIELDED",
     "Candidate",
     "Candidates",
     "RouteDecision",
@@ -121,10 +125,17 @@ class Candidates(Sequence[Candidate]):
         return f"Candidates({tuple(self)!r})"
 
 
+# What conversation affinity did for a decision (`RouteDecision.affinity`).
+HIT = "hit"  # the backend that served the conversation goes first
+MISS = "miss"  # no backend is known to hold it
+YIELDED = "yielded"  # one is, but it is out, full or loaded well above the rest
+
+
 class RouteDecision(NamedTuple):
     requested: str  # as the client wrote it
     model: str  # after aliases
     candidates: Sequence[Candidate]
+    affinity: str | None = None  # HIT, MISS, YIELDED; None when it did not apply
 
 
 def _incapability(info: ModelInfo, needs: Requirements) -> str | None:
@@ -332,11 +343,17 @@ def plan_route(
     turn: int = 0,
     rng: random.Random | None = None,
     rosters: Callable[[str], Roster] | None = None,
+    conversation: bool = False,
+    affinity: Preference | None = None,
 ) -> RouteDecision:
     """Every backend that can serve ``needs``, best first, with fallbacks after.
 
     ``rosters`` gives the roster of a model (`Registry.roster` keeps them between fleet
     changes); without it they are built from ``backends``.
+
+    ``conversation``: the request belongs to a conversation affinity follows; ``affinity``:
+    the backend that served it (None: none known). With ``smart`` routing that backend
+    goes first when `_may_prefer` lets it; the decision says whether it did.
 
     Raises:
         ModelNotFound: no backend serves the model (or any of its fallbacks).
@@ -349,6 +366,9 @@ def plan_route(
         patterns = not served.listing
     model = routing.resolve_alias(needs.model, patterns=patterns)
     runs: list[Iterator[Candidate]] = []
+    outcome: str | None = None
+    if conversation and routing.strategy is Strategy.SMART:
+        outcome = MISS if affinity is None else YIELDED
     first_error: NexusError | None = None
     chain: Iterable[str] = (model,)
     if routing.fallbacks:
@@ -359,7 +379,8 @@ def plan_route(
         chain = dict.fromkeys((model, *(routing.resolve_alias(m) for m in fallbacks)))
     for position, name in enumerate(chain):
         roster = rosters(name) if rosters else Roster.of(backends, name)
-        ranked = rank(_eligible(roster, needs), routing.strategy, turn=turn, rng=rng)
+        eligible = _eligible(roster, needs)
+        ranked = rank(eligible, routing.strategy, turn=turn, rng=rng)
         if ranked is None:
             if roster.listing:
                 first_error = first_error or _why_none(name, roster.listing, needs)
@@ -371,14 +392,47 @@ def plan_route(
             via = f"alias:{needs.model}->{name};"
         else:
             via = ""
+        if outcome == YIELDED and not position and affinity is not None:
+            preferred = _may_prefer(eligible, affinity.backend, routing.affinity.slack)
+            if preferred is not None:
+                outcome = HIT
+                first = Candidate(preferred[0], name, preferred[1], None, affinity.reason + via)
+                runs.append(iter((first,)))
+                ranked = (pair for pair in ranked if pair[0] is not preferred[0])
         runs.append(_candidates(ranked, name, fallback_from, via))
     if runs:
-        return RouteDecision(needs.model, model, Candidates(runs))
+        return RouteDecision(needs.model, model, Candidates(runs), outcome)
     if first_error is not None:
         raise first_error
     names = {a for a in routing.aliases if not is_alias_pattern(a)}
     known = sorted({m for b in backends for m in b.models} | names)
     raise ModelNotFound(needs.model, nearest_models(needs.model, known))
+
+
+def _may_prefer(
+    entries: Sequence[RosterEntry], name: str, slack: float
+) -> tuple[Backend, Why] | None:
+    """The backend ``name`` among ``entries`` with why it ranks, if affinity may send it
+    the request: in rotation (not ejected), below its max_concurrency, in the best tier
+    of those that are (priority, warm), and loaded no more than ``1 + slack`` times the
+    mean load of them all (so a conversation never waits where a replica has room)."""
+    # A few passes of plain comprehensions: cheaper than one loop doing it all.
+    mine = next((e for e in entries if e[0].name == name), None)
+    if mine is None:
+        return None
+    backend, _, rank_tier, cap, limit = mine
+    load = backend.in_flight / cap
+    if backend.ejected_until is not None or backend.in_flight >= limit:
+        return None
+    mean = sum([e[0].in_flight / e[3] for e in entries]) / len(entries)
+    if load > (1 + slack) * mean:
+        return None
+    if any(
+        e[2] < rank_tier and e[0].in_flight < e[4] and e[0].ejected_until is None for e in entries
+    ):
+        return None  # a backend of a better tier (priority, warm) has room
+    why: Why = (Strategy.SMART, *divmod(rank_tier, 2), load, backend.ttft_ewma_seconds)
+    return backend, why
 
 
 def _candidates(
