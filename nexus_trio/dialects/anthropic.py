@@ -45,7 +45,7 @@ from nexus_trio.config import RoutingSettings
 from nexus_trio.dialects.anthropic_events import MessagesOrigin
 from nexus_trio.dialects.anthropic_ids import upstream_tool_id
 from nexus_trio.dialects.anthropic_writer import messages_writer
-from nexus_trio.dialects.base import Dialect
+from nexus_trio.dialects.base import Dialect, load_object
 from nexus_trio.dialects.openai_chat import chat_requirements
 from nexus_trio.errors import RequestError
 from nexus_trio.routing.requirements import ChatRequest
@@ -85,29 +85,12 @@ _TOOL_CHOICES = {"auto": "auto", "any": "required", "none": "none"}
 _COUNT_MAX_TOKENS = 1
 
 
-class _Invalid(RequestError):
-    """A field of the Messages request is wrong; the message names it."""
-
-
-def _fail(message: str, param: str | None = None) -> _Invalid:
-    return _Invalid(message, param=param)
+def _fail(message: str, param: str | None = None) -> RequestError:
+    return RequestError(message, param=param)
 
 
 def _load(body: bytes) -> Json:
-    try:
-        payload = jsonparse.loads(body)
-    except RecursionError:
-        raise _fail("The request body nests JSON too deeply.") from None
-    except ValueError as exc:
-        raise _fail(
-            f"The request body is not valid JSON ({exc}). Send a JSON object with 'model', "
-            "'max_tokens' and 'messages'."
-        ) from None
-    if not isinstance(payload, dict):
-        raise _fail(
-            "The request body must be a JSON object with 'model', 'max_tokens' and 'messages'."
-        )
-    return payload
+    return load_object(body, "'model', 'max_tokens' and 'messages'")
 
 
 def _text_of_blocks(blocks: list[Any], where: str) -> list[str]:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
+from nexus_trio import jsonparse
 from nexus_trio.config import RoutingSettings
+from nexus_trio.errors import RequestError
 from nexus_trio.proxy.writer import Headers, Writer
 from nexus_trio.routing.requirements import ChatRequest
 
-__all__ = ["Dialect", "Downstream"]
+__all__ = ["Dialect", "Downstream", "load_object"]
 
 
 class Downstream(Protocol):
@@ -45,3 +47,20 @@ class Dialect:
     parse: Callable[[bytes, RoutingSettings], ChatRequest]
     writer: Callable[[ChatRequest | None, Downstream, str], Writer]
     keeps_alive: bool = False
+
+
+def load_object(body: bytes, wanted: str | None = None) -> dict[str, Any]:
+    """A request ``body`` as a JSON object, or a `RequestError` that says what is wrong
+    and, given ``wanted`` (its required fields, e.g. "'model' and 'messages'"), what to send.
+    """
+    wants = f" with {wanted}" if wanted else ""
+    try:
+        payload = jsonparse.loads(body)
+    except RecursionError:
+        raise RequestError("The request body nests JSON too deeply.") from None
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        hint = f" Send a JSON object{wants}." if wanted else ""
+        raise RequestError(f"The request body is not valid JSON ({exc}).{hint}") from None
+    if not isinstance(payload, dict):
+        raise RequestError(f"The request body must be a JSON object{wants}.")
+    return payload

@@ -25,9 +25,8 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from nexus_trio import jsonparse
 from nexus_trio.config import BackendType, RoutingSettings
-from nexus_trio.dialects.base import Dialect
+from nexus_trio.dialects.base import Dialect, load_object
 from nexus_trio.dialects.completions_writer import CompletionOrigin, completion_writer
 from nexus_trio.dialects.infill import INFILL_PATH, InfillParser, infill_payload
 from nexus_trio.dialects.openai_chat import BYTES_PER_TOKEN
@@ -130,18 +129,7 @@ def parse_completion_request(body: bytes, routing: RoutingSettings) -> ChatReque
         RequestError: the body is not JSON, or a field is wrong or unsupported; the error
             names the field.
     """
-    try:
-        payload = jsonparse.loads(body)
-    except RecursionError:
-        raise _invalid("The request body nests JSON too deeply.", None) from None
-    except ValueError as exc:
-        raise _invalid(
-            f"The request body is not valid JSON ({exc}). Send a JSON object with 'model' "
-            "and 'prompt'.",
-            None,
-        ) from None
-    if not isinstance(payload, dict):
-        raise _invalid("The request body must be a JSON object with 'model' and 'prompt'.", None)
+    payload = load_object(body, "'model' and 'prompt'")
     model = payload.get("model")
     if not isinstance(model, str) or not model.strip():
         raise _invalid("'model' is required and must be a non-empty string.", "model")

@@ -26,13 +26,12 @@ from typing import Any
 
 from nexus_trio import jsonparse
 from nexus_trio.config import RoutingSettings
-from nexus_trio.dialects.base import Dialect, Downstream
+from nexus_trio.dialects.base import Dialect, Downstream, load_object
 from nexus_trio.dialects.embeddings import (
     check_dimensions,
     check_input,
     check_model,
     embeddings_request,
-    load_object,
 )
 from nexus_trio.dialects.ollama import resolve_model_name
 from nexus_trio.errors import NexusError, RequestError

@@ -21,7 +21,7 @@ from typing import Any
 
 from nexus_trio import jsonparse
 from nexus_trio.config import RoutingSettings
-from nexus_trio.dialects.base import Dialect, Downstream
+from nexus_trio.dialects.base import Dialect, Downstream, load_object
 from nexus_trio.dialects.openai_chat import OpenAIJSONWriter
 from nexus_trio.errors import RequestError
 from nexus_trio.proxy.writer import Writer
@@ -75,21 +75,6 @@ def embeddings_request(body: bytes, payload: dict[str, Any], model: str) -> Chat
         path=EMBEDDINGS_PATH,
         answer_key="data",
     )
-
-
-def load_object(body: bytes, wanted: str) -> dict[str, Any]:
-    """``body`` as a JSON object, or a `RequestError` saying what was ``wanted``."""
-    try:
-        payload = jsonparse.loads(body)
-    except RecursionError:
-        raise RequestError("The request body nests JSON too deeply.") from None
-    except ValueError as exc:
-        raise RequestError(
-            f"The request body is not valid JSON ({exc}). Send a JSON object with {wanted}."
-        ) from None
-    if not isinstance(payload, dict):
-        raise RequestError(f"The request body must be a JSON object with {wanted}.")
-    return payload
 
 
 def check_model(payload: dict[str, Any]) -> str:

@@ -43,6 +43,7 @@ from typing import Any
 
 from nexus_trio import jsonparse
 from nexus_trio.config import RoutingSettings
+from nexus_trio.dialects.base import load_object
 from nexus_trio.dialects.completions import parse_completion_request
 from nexus_trio.dialects.openai_chat import chat_requirements
 from nexus_trio.errors import RequestError
@@ -120,15 +121,7 @@ def load_body(body: bytes) -> Json:
     Raises:
         RequestError: not JSON, or not an object.
     """
-    try:
-        payload = jsonparse.loads(body)
-    except RecursionError:
-        raise _fail("The request body nests JSON too deeply.") from None
-    except ValueError as exc:
-        raise _fail(f"The request body is not valid JSON ({exc}).") from None
-    if not isinstance(payload, dict):
-        raise _fail("The request body must be a JSON object.")
-    return payload
+    return load_object(body)
 
 
 def _model(request: Json) -> str:

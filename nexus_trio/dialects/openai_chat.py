@@ -24,7 +24,7 @@ import trio
 from nexus_trio import jsonparse
 from nexus_trio.config import RoutingSettings
 from nexus_trio.dialects.assembly import ChatAssembler
-from nexus_trio.dialects.base import Dialect, Downstream
+from nexus_trio.dialects.base import Dialect, Downstream, load_object
 from nexus_trio.errors import NexusError, RequestError
 from nexus_trio.proxy.sse import comment_event, data_event
 from nexus_trio.proxy.tracker import Admitted
@@ -109,18 +109,7 @@ def parse_chat_request(body: bytes, routing: RoutingSettings) -> ChatRequest:
         RequestError: the body is not JSON, or a field routing relies on is wrong;
             the error names the field.
     """
-    try:
-        payload = jsonparse.loads(body)
-    except RecursionError:
-        raise _invalid("The request body nests JSON too deeply.", None) from None
-    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise _invalid(
-            f"The request body is not valid JSON ({exc}). Send a JSON object with "
-            "'model' and 'messages'.",
-            None,
-        ) from None
-    if not isinstance(payload, dict):
-        raise _invalid("The request body must be a JSON object with 'model' and 'messages'.", None)
+    payload = load_object(body, "'model' and 'messages'")
 
     model = payload.get("model")
     if not isinstance(model, str) or not model.strip():

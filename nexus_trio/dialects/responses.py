@@ -47,6 +47,7 @@ from typing import Any
 
 from nexus_trio import jsonparse
 from nexus_trio.config import RoutingSettings
+from nexus_trio.dialects.base import load_object
 from nexus_trio.dialects.openai_chat import chat_requirements
 from nexus_trio.dialects.response_store import ResponseStore
 from nexus_trio.errors import RequestError
@@ -112,18 +113,7 @@ def parse_responses_request(
             names the field (``param``).
         ResponseNotKept: ``previous_response_id`` names a response not kept (404).
     """
-    try:
-        request = jsonparse.loads(body)
-    except RecursionError:
-        raise _invalid("The request body nests JSON too deeply.", None) from None
-    except ValueError as exc:
-        raise _invalid(
-            f"The request body is not valid JSON ({exc}). Send a JSON object with 'model' "
-            "and 'input'.",
-            None,
-        ) from None
-    if not isinstance(request, dict):
-        raise _invalid("The request body must be a JSON object with 'model' and 'input'.", None)
+    request = load_object(body, "'model' and 'input'")
     model = request.get("model")
     if not isinstance(model, str) or not model.strip():
         raise _invalid("'model' is required and must be a non-empty string.", "model")
