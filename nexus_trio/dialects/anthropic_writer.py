@@ -17,9 +17,7 @@ in another task, so every write that may meet it is made under one lock.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import trio
 
@@ -33,7 +31,7 @@ from nexus_trio.dialects.anthropic_events import (
     error_body,
     refusal_message,
 )
-from nexus_trio.dialects.assembly import chunks_of
+from nexus_trio.dialects.assembly import whole_answer
 from nexus_trio.dialects.base import Downstream
 from nexus_trio.errors import NexusError
 from nexus_trio.proxy.sse import named_event
@@ -89,27 +87,6 @@ async def answer_error(
 ) -> None:
     """An error response in Anthropic's shape, for Nexus's ``status`` (nothing sent yet)."""
     await downstream.respond(*error_response(status, message, request_id, headers))
-
-
-def _whole_usage(body: bytes) -> dict[str, int]:
-    try:
-        usage = json.loads(body).get("usage")
-    except (ValueError, AttributeError):
-        return {}
-    if not isinstance(usage, dict):
-        return {}
-    return {k: v for k, v in usage.items() if isinstance(v, int) and not isinstance(v, bool)}
-
-
-def _whole_chunks(body: bytes) -> list[dict[str, Any]] | None:
-    """The chunks of a backend's whole ``chat.completion``, or None if it is not one."""
-    try:
-        completion = json.loads(body)
-    except ValueError:
-        return None
-    if not isinstance(completion, dict) or not isinstance(completion.get("choices"), list):
-        return None
-    return chunks_of(completion)
 
 
 class _AnthropicWriter:
@@ -199,9 +176,9 @@ class AnthropicStreamWriter(_AnthropicWriter):
             await self._downstream.end()
 
     async def pass_through(self, answer: WholeAnswer) -> None:
-        chunks = _whole_chunks(answer.body) if answer.status == 200 else None
+        whole = whole_answer(answer.body) if answer.status == 200 else None
         async with self._lock:
-            if chunks is None:
+            if whole is None:
                 message = refusal_message(answer.body, answer.status)
                 if not self._downstream.started:
                     self._events.done = True
@@ -212,11 +189,12 @@ class AnthropicStreamWriter(_AnthropicWriter):
                 await self._downstream.end()
                 return
             # A backend that ignored "stream": its whole answer, written as if streamed.
+            chunks, usage = whole
             self._begun = True
             headers = nexus_headers(answer.candidate, self._request_id, "text/event-stream")
             await self._open(headers)
             events = [e for chunk in chunks for e in self._events.feed(chunk)]
-            events += self._events.finish(_whole_usage(answer.body))
+            events += self._events.finish(usage)
             await self._downstream.send(_encode(events))
             await self._downstream.end()
 
@@ -267,14 +245,15 @@ class AnthropicJSONWriter(_AnthropicWriter):
         await self._downstream.end()
 
     async def pass_through(self, answer: WholeAnswer) -> None:
-        chunks = _whole_chunks(answer.body) if answer.status == 200 else None
-        if chunks is None:
+        whole = whole_answer(answer.body) if answer.status == 200 else None
+        if whole is None:
             message = refusal_message(answer.body, answer.status)
             await answer_error(self._downstream, answer.status, message, self._request_id)
             return
+        chunks, usage = whole
         await self.begin(answer.candidate)
         self._assembler.apply([e for chunk in chunks for e in self._events.feed(chunk)])
-        await self._respond(answer.candidate, _whole_usage(answer.body))
+        await self._respond(answer.candidate, usage)
 
 
 def messages_writer(request: ChatRequest | None, downstream: Downstream, request_id: str) -> Writer:

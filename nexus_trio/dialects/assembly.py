@@ -15,7 +15,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["ChatAssembler", "chunks_of"]
+from nexus_trio import jsonparse
+from nexus_trio.proxy.tracker import add_usage
+
+__all__ = ["ChatAssembler", "chunks_of", "whole_answer"]
 
 # Streamed text fields of a delta, joined into the message under the same name.
 _TEXT_KEYS = ("content", "reasoning_content", "reasoning", "refusal")
@@ -178,3 +181,17 @@ def chunks_of(completion: Mapping[str, Any]) -> list[dict[str, Any]]:
         chunks.append({**head, "choices": [{"index": index, "delta": {},
                                             "finish_reason": finish}]})  # fmt: skip
     return chunks
+
+
+def whole_answer(body: bytes) -> tuple[list[dict[str, Any]], dict[str, int]] | None:
+    """A backend's whole ``chat.completion`` body as the stream it would have been
+    (`chunks_of`) and its usage counts; None when the body is no completion."""
+    try:
+        completion = jsonparse.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(completion, dict) or not isinstance(completion.get("choices"), list):
+        return None
+    usage: dict[str, int] = {}
+    add_usage(usage, completion.get("usage"))
+    return chunks_of(completion), usage

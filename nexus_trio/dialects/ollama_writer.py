@@ -12,7 +12,6 @@ raises on a line with ``error``), and the stream ends.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
@@ -21,7 +20,7 @@ import trio
 
 from nexus_trio import jsonparse
 from nexus_trio.dialects.anthropic_events import refusal_message
-from nexus_trio.dialects.assembly import chunks_of
+from nexus_trio.dialects.assembly import whole_answer
 from nexus_trio.dialects.base import Dialect, Downstream
 from nexus_trio.dialects.ollama import OllamaOrigin, chat_parser, generate_parser
 from nexus_trio.dialects.ollama_lines import Durations, OllamaLines, merge_lines
@@ -65,23 +64,6 @@ def ollama_error_response(
     """An Ollama-shaped error response: status, headers, ``{"error": message}``."""
     head = [("content-type", "application/json"), ("x-request-id", request_id), *headers]
     return status, head, jsonparse.dumps({"error": message})
-
-
-def _whole(answer: WholeAnswer) -> tuple[list[dict[str, Any]], dict[str, int]] | None:
-    """A backend's whole ``chat.completion``: its chunks and usage; None if not one."""
-    try:
-        completion = json.loads(answer.body)
-    except ValueError:
-        return None
-    if not isinstance(completion, dict) or not isinstance(completion.get("choices"), list):
-        return None
-    usage = completion.get("usage")
-    counts = {
-        k: v
-        for k, v in (usage.items() if isinstance(usage, dict) else ())
-        if isinstance(v, int) and not isinstance(v, bool)
-    }
-    return chunks_of(completion), counts
 
 
 class _OllamaWriter:
@@ -157,7 +139,7 @@ class OllamaStreamWriter(_OllamaWriter):
         await self._downstream.end()
 
     async def pass_through(self, answer: WholeAnswer) -> None:
-        whole = _whole(answer) if answer.status == 200 else None
+        whole = whole_answer(answer.body) if answer.status == 200 else None
         if whole is None:
             message = refusal_message(answer.body, answer.status)
             if not self._downstream.started:
@@ -212,7 +194,7 @@ class OllamaJSONWriter(_OllamaWriter):
         await self._downstream.end()
 
     async def pass_through(self, answer: WholeAnswer) -> None:
-        whole = _whole(answer) if answer.status == 200 else None
+        whole = whole_answer(answer.body) if answer.status == 200 else None
         if whole is None:
             await self._answer_error(answer.status, refusal_message(answer.body, answer.status))
             return

@@ -17,7 +17,7 @@ wait long enough (Codex: 300 s of silence) for the first-token deadlines to act 
 
 A backend's own refusal is passed on as OpenAI error JSON with its status (Ollama's native
 ``{"error": "text"}`` made OpenAI-shaped); a backend that answered a whole completion
-instead of a stream is written as if it had streamed it (`chunks_of`).
+instead of a stream is written as if it had streamed it (`whole_answer`).
 
 Finished responses (completed or incomplete, unless the request said ``store: false``) are
 kept in the app's `ResponseStore`, for ``previous_response_id`` and
@@ -34,7 +34,7 @@ import trio
 
 from nexus_trio import jsonparse
 from nexus_trio.config import RoutingSettings
-from nexus_trio.dialects.assembly import chunks_of
+from nexus_trio.dialects.assembly import whole_answer
 from nexus_trio.dialects.base import Dialect, Downstream
 from nexus_trio.dialects.openai_chat import answer_error
 from nexus_trio.dialects.response_store import KeptResponse, ResponseStore
@@ -42,7 +42,7 @@ from nexus_trio.dialects.responses import ResponsesOrigin, parse_responses_reque
 from nexus_trio.dialects.responses_output import Event, ResponseBuilder
 from nexus_trio.errors import NexusError, error_body
 from nexus_trio.proxy.sse import named_event
-from nexus_trio.proxy.tracker import Admitted, add_usage
+from nexus_trio.proxy.tracker import Admitted
 from nexus_trio.proxy.writer import WholeAnswer, Writer, nexus_headers
 from nexus_trio.routing.requirements import ChatRequest
 from nexus_trio.routing.router import Candidate
@@ -112,13 +112,9 @@ class _ResponsesWriter:
                 _openai_error(answer),
             )
             return
-        completion = _parsed(answer.body)
-        if not isinstance(completion, dict):
-            completion = {}
-        usage: dict[str, int] = {}
-        add_usage(usage, completion.get("usage"))
+        chunks, usage = whole_answer(answer.body) or ([], {})
         await self.begin(answer.candidate)
-        await self.send([Admitted(chunks=tuple(chunks_of(completion)))])
+        await self.send([Admitted(chunks=tuple(chunks))])
         await self.end(usage)
 
     def _keep(self, response: dict[str, Any]) -> None:
