@@ -18,14 +18,16 @@ from typing import Any
 from nexus_trio import jsonparse
 from nexus_trio.proxy.tracker import add_usage
 
-__all__ = ["ChatAssembler", "chunks_of", "whole_answer"]
+__all__ = ["ChatAssembler", "ToolCall", "chunks_of", "merge_call", "whole_answer"]
 
 # Streamed text fields of a delta, joined into the message under the same name.
 _TEXT_KEYS = ("content", "reasoning_content", "reasoning", "refusal")
 
 
 @dataclass(slots=True)
-class _ToolCall:
+class ToolCall:
+    """One tool call as its stream builds it."""
+
     id: str | None = None
     type: str = "function"
     name: str = ""
@@ -42,8 +44,8 @@ class _ToolCall:
 @dataclass(slots=True)
 class _Choice:
     texts: dict[str, list[str]] = field(default_factory=dict)
-    tool_calls: dict[int, _ToolCall] = field(default_factory=dict)
-    function_call: _ToolCall | None = None  # the legacy single call
+    tool_calls: dict[int, ToolCall] = field(default_factory=dict)
+    function_call: ToolCall | None = None  # the legacy single call
     finish_reason: str | None = None
 
     def add(self, delta: Mapping[str, Any]) -> None:
@@ -57,11 +59,11 @@ class _Choice:
                 if isinstance(call, dict):
                     index = call.get("index")
                     slot = index if isinstance(index, int) else position
-                    _merge_call(self.tool_calls.setdefault(slot, _ToolCall()), call)
+                    merge_call(self.tool_calls.setdefault(slot, ToolCall()), call)
         legacy = delta.get("function_call")
         if isinstance(legacy, dict):
-            self.function_call = self.function_call or _ToolCall()
-            _merge_call(self.function_call, {"function": legacy})
+            self.function_call = self.function_call or ToolCall()
+            merge_call(self.function_call, {"function": legacy})
 
     def message(self) -> dict[str, Any]:
         joined = {key: "".join(parts) for key, parts in self.texts.items()}
@@ -81,7 +83,8 @@ class _Choice:
         return message
 
 
-def _merge_call(call: _ToolCall, delta: Mapping[str, Any]) -> None:
+def merge_call(call: ToolCall, delta: Mapping[str, Any]) -> None:
+    """Fold one streamed ``tool_calls`` delta into ``call`` (id, type, name, arguments)."""
     if isinstance(delta.get("id"), str):
         call.id = delta["id"]
     if isinstance(delta.get("type"), str):

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from nexus_trio.dialects.assembly import ToolCall, merge_call
+
 __all__ = ["Durations", "OllamaLines", "created_at", "merge_lines"]
 
 Json = dict[str, Any]
@@ -49,13 +51,6 @@ class Durations:
 
 
 @dataclass(slots=True)
-class _Call:
-    id: str | None = None
-    name: str = ""
-    arguments: list[str] = field(default_factory=list)
-
-
-@dataclass(slots=True)
 class OllamaLines:
     """Feed it chunks (`feed`); `finish` is the final line, `fail` an error line."""
 
@@ -63,8 +58,8 @@ class OllamaLines:
     shape: str = "chat"  # "chat" or "generate"
     think: bool = True
     clock: Callable[[], int] = lambda: 0  # Unix time in ns, for created_at
-    _calls: list[_Call] = field(default_factory=list)
-    _by_index: dict[int, _Call] = field(default_factory=dict)
+    _calls: list[ToolCall] = field(default_factory=list)
+    _by_index: dict[int, ToolCall] = field(default_factory=dict)
     finish_reason: str | None = None
     done: bool = False
 
@@ -126,18 +121,10 @@ class OllamaLines:
             call = self._by_index.get(slot)
             # A new id at a known index is a new call (Ollama: every call at index 0).
             if call is None or (call_id and call.id and call_id != call.id):
-                call = _Call()
+                call = ToolCall()
                 self._calls.append(call)
                 self._by_index[slot] = call
-            if call_id:
-                call.id = call_id
-            function = delta.get("function")
-            if isinstance(function, dict):
-                name = function.get("name")
-                if isinstance(name, str) and name != call.name:
-                    call.name += name
-                if isinstance(function.get("arguments"), str):
-                    call.arguments.append(function["arguments"])
+            merge_call(call, delta)
 
     def _flush(self) -> list[Json]:
         """Every call kept so far, whole, in one line (and a line of text for a call whose
