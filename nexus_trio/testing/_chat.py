@@ -74,7 +74,12 @@ def _load(body: bytes) -> Any:
         return _INVALID
 
 
-async def _respond(backend: SimulatedBackend, request: Request, responder: Responder) -> None:
+async def received(
+    backend: SimulatedBackend, request: Request, responder: Responder
+) -> tuple[Faults, Any] | None:
+    """An inference request taken in: its body recorded (parsed, or `_INVALID`) and the
+    faults that act before the headers applied. The faults for its answer and its body, or
+    None when a fault has answered it already."""
     faults = dataclasses.replace(backend.faults)  # later knob flips are for later requests
     body = _load(request.body)
     if isinstance(body, dict):
@@ -85,10 +90,18 @@ async def _respond(backend: SimulatedBackend, request: Request, responder: Respo
         await trio.sleep(faults.delay_before_headers_seconds)
     if faults.reset_before_headers:
         await responder.abort()
-        return
+        return None
     if faults.status is not None:
         await _send_fault_status(backend, responder, faults.status)
+        return None
+    return faults, body
+
+
+async def _respond(backend: SimulatedBackend, request: Request, responder: Responder) -> None:
+    taken = await received(backend, request, responder)
+    if taken is None:
         return
+    faults, body = taken
     if body is _INVALID:
         message = "We could not parse the JSON body of your request: it is not valid JSON."
         await responder.send_json(400, error_payload(backend.flavor, 400, message))

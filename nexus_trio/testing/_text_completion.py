@@ -13,7 +13,6 @@ currently supported"). The chat fault knobs apply alike.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 import uuid
@@ -22,9 +21,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any, NoReturn
 
-import trio
-
-from ._chat import _load, _send_fault_status, _send_whole, _stream, handle_chat
+from ._chat import _send_whole, _stream, handle_chat, received
 from ._completions import DONE, FINGERPRINTS, Answer, ChatError, error_payload
 from ._http import Request, Responder
 from ._text import completion_tokens
@@ -189,20 +186,10 @@ def _data(payload: dict[str, Any]) -> bytes:
 
 async def _respond(backend: SimulatedBackend, request: Request, responder: Responder, *,
                    native: bool) -> None:  # fmt: skip
-    faults = dataclasses.replace(backend.faults)  # later knob flips are for later requests
-    body = _load(request.body)
-    if isinstance(body, dict):
-        backend.stats.last_chat_body = body
-        if isinstance(body.get("model"), str):
-            backend.stats.chat_by_model[body["model"]] += 1
-    if faults.delay_before_headers_seconds > 0:
-        await trio.sleep(faults.delay_before_headers_seconds)
-    if faults.reset_before_headers:
-        await responder.abort()
+    taken = await received(backend, request, responder)
+    if taken is None:
         return
-    if faults.status is not None:
-        await _send_fault_status(backend, responder, faults.status)
-        return
+    faults, body = taken
     plan: Callable[[], Answer] = (
         partial(plan_infill, body, backend.models_by_id)
         if native
