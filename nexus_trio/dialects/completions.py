@@ -29,7 +29,7 @@ from nexus_trio.config import BackendType, RoutingSettings
 from nexus_trio.dialects.base import Dialect, load_object
 from nexus_trio.dialects.completions_writer import CompletionOrigin, completion_writer
 from nexus_trio.dialects.infill import INFILL_PATH, InfillParser, infill_payload
-from nexus_trio.dialects.openai_chat import BYTES_PER_TOKEN
+from nexus_trio.dialects.openai_chat import BYTES_PER_TOKEN, optional_positive_int
 from nexus_trio.errors import RequestError
 from nexus_trio.proxy.continuation import tokens_left
 from nexus_trio.routing.requirements import Asked, ChatRequest, Requirements
@@ -113,15 +113,6 @@ def _one(payload: dict[str, Any], name: str) -> None:
         )
 
 
-def _positive_int(payload: dict[str, Any], name: str) -> int:
-    value = payload.get(name)
-    if value is None:
-        return 0
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise _invalid(f"'{name}' must be a positive integer, got {value!r:.40}.", name)
-    return value
-
-
 def parse_completion_request(body: bytes, routing: RoutingSettings) -> ChatRequest:
     """Validate a ``POST /v1/completions`` body; the request that goes upstream.
 
@@ -156,7 +147,7 @@ def parse_completion_request(body: bytes, routing: RoutingSettings) -> ChatReque
         raise _invalid("'echo' must be true or false.", "echo")
     _one(payload, "n")
     _one(payload, "best_of")
-    limit = _positive_int(payload, "max_tokens")
+    limit = optional_positive_int(payload, "max_tokens")
 
     fim = bool(suffix)
     upstream = {k: v for k, v in payload.items() if k not in _OURS and k != "suffix"}

@@ -38,6 +38,7 @@ __all__ = [
     "OpenAIStreamWriter",
     "answer_error",
     "chat_requirements",
+    "optional_positive_int",
     "parse_chat_request",
 ]
 
@@ -52,7 +53,12 @@ def _invalid(message: str, param: str | None) -> RequestError:
     return RequestError(message, param=param)
 
 
-def _optional_positive_int(payload: dict[str, Any], name: str) -> int:
+def optional_positive_int(payload: dict[str, Any], name: str) -> int:
+    """``payload[name]`` when it is a positive integer, 0 when absent.
+
+    Raises:
+        RequestError: it is something else; the error names it.
+    """
     value = payload.get(name)
     if value is None:
         return 0
@@ -177,8 +183,8 @@ def chat_requirements(payload: dict[str, Any], model: str, stream: bool) -> Requ
         RequestError: a message, or ``max_tokens``, is not well formed.
     """
     completion = max(
-        _optional_positive_int(payload, "max_tokens"),
-        _optional_positive_int(payload, "max_completion_tokens"),
+        optional_positive_int(payload, "max_tokens"),
+        optional_positive_int(payload, "max_completion_tokens"),
     )
     response_format = payload.get("response_format")
     wants_json = isinstance(response_format, dict) and response_format.get("type") in (
