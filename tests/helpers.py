@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -134,3 +136,37 @@ async def wait_for_ejection_end(
         if (event.kind, event.backend, event.detail) == ("ejection", backend, "ended"):
             return
     raise AssertionError("the registry stopped publishing")
+
+
+# ``nexus`` as a process, and the line that says where it listens.
+NEXUS = [sys.executable, "-m", "nexus_trio"]
+LISTENING = re.compile(rb"listening on (http://\S+)")
+
+
+class ProcessOutput:
+    """A process's output, read to its end in the background so the pipe never fills."""
+
+    def __init__(self) -> None:
+        self.seen = bytearray()
+        self.ended = False
+        self._changed = trio.Event()
+
+    async def run(self, stream: trio.abc.ReceiveStream) -> None:
+        async with stream:
+            async for data in stream:
+                self.seen += data
+                self._changed.set()
+                self._changed = trio.Event()
+        self.ended = True
+        self._changed.set()
+
+    async def wait_for(self, pattern: re.Pattern[bytes]) -> re.Match[bytes]:
+        while (match := pattern.search(self.seen)) is None:
+            if self.ended:
+                raise AssertionError(f"never printed {pattern.pattern!r}:\n{self.text}")
+            await self._changed.wait()
+        return match
+
+    @property
+    def text(self) -> str:
+        return self.seen.decode(errors="replace")

@@ -12,7 +12,6 @@ import logging
 import re
 import signal
 import subprocess
-import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -31,7 +30,7 @@ from nexus_trio.gateway import Gateway
 from nexus_trio.supervisor import serve_nexus
 from nexus_trio.testing import SimulatedBackend, expected_answer
 
-from helpers import nexus_config, sim
+from helpers import LISTENING, NEXUS, ProcessOutput, nexus_config, sim
 
 MODEL = "llama3:8b"
 CHAT = "/v1/chat/completions"
@@ -355,43 +354,11 @@ async def test_nothing_cuts_a_stream_longer_than_a_minute(
 
 # -- a real process -----------------------------------------------------------------------
 
-NEXUS = [sys.executable, "-m", "nexus_trio"]
-LISTENING = re.compile(rb"listening on (http://\S+)")
-
-
-class Stderr:
-    """A process's stderr, read to its end in the background so the pipe never fills."""
-
-    def __init__(self) -> None:
-        self.seen = bytearray()
-        self.ended = False
-        self._changed = trio.Event()
-
-    async def run(self, stream: trio.abc.ReceiveStream) -> None:
-        async with stream:
-            async for data in stream:
-                self.seen += data
-                self._changed.set()
-                self._changed = trio.Event()
-        self.ended = True
-        self._changed.set()
-
-    async def wait_for(self, pattern: re.Pattern[bytes]) -> re.Match[bytes]:
-        while (match := pattern.search(self.seen)) is None:
-            if self.ended:
-                raise AssertionError(f"not on nexus's stderr: {pattern.pattern!r}\n{self.text}")
-            await self._changed.wait()
-        return match
-
-    @property
-    def text(self) -> str:
-        return self.seen.decode(errors="replace")
-
 
 @dataclass
 class Process:
     process: trio.Process
-    stderr: Stderr
+    stderr: ProcessOutput
     url: str
 
 
@@ -427,7 +394,7 @@ type = "{backend.flavor.value}"
             check=False,
         )
     )
-    stderr = Stderr()
+    stderr = ProcessOutput()
     assert process.stderr is not None
     nursery.start_soon(stderr.run, process.stderr)
     with trio.fail_after(20):

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import re
 import subprocess
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -14,37 +12,7 @@ import trio
 
 from nexus_trio.testing import SimulatedBackend
 
-NEXUS = [sys.executable, "-m", "nexus_trio"]
-LISTENING = re.compile(rb"listening on (http://\S+)")
-
-
-class Output:
-    """A process's output, read to its end in the background so the pipe never fills."""
-
-    def __init__(self) -> None:
-        self.seen = bytearray()
-        self.ended = False
-        self._changed = trio.Event()
-
-    async def run(self, stream: trio.abc.ReceiveStream) -> None:
-        async with stream:
-            async for data in stream:
-                self.seen += data
-                self._changed.set()
-                self._changed = trio.Event()
-        self.ended = True
-        self._changed.set()
-
-    async def wait_for(self, pattern: re.Pattern[bytes]) -> re.Match[bytes]:
-        while (match := pattern.search(self.seen)) is None:
-            if self.ended:
-                raise AssertionError(f"never printed {pattern.pattern!r}:\n{self.text}")
-            await self._changed.wait()
-        return match
-
-    @property
-    def text(self) -> str:
-        return self.seen.decode(errors="replace")
+from helpers import LISTENING, NEXUS, ProcessOutput
 
 
 @dataclass
@@ -52,7 +20,7 @@ class Nexus:
     """A ``nexus serve`` process and what it has logged."""
 
     process: trio.Process
-    log: Output
+    log: ProcessOutput
     url: str
 
 
@@ -95,7 +63,7 @@ async def start_nexus_process(
             check=False,
         )
     )
-    log = Output()
+    log = ProcessOutput()
     assert process.stderr is not None
     nursery.start_soon(log.run, process.stderr)
     with trio.fail_after(30):
