@@ -33,8 +33,9 @@ import trio
 
 from nexus_trio.backends.checkup import check_with_deadline
 from nexus_trio.backends.listing import OllamaShowCache
-from nexus_trio.config import HealthCheckSettings
+from nexus_trio.config import EngineLoadSettings, HealthCheckSettings
 from nexus_trio.errors import BackendError
+from nexus_trio.load_watch import watch_engine_load
 from nexus_trio.registry import Backend, Health, Registry
 
 __all__ = ["probe_backend", "run_health"]
@@ -109,15 +110,19 @@ async def run_health(
     registry: Registry,
     client: httpx.AsyncClient,
     settings: HealthCheckSettings,
+    engine_load: EngineLoadSettings | None = None,
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Check every backend now, concurrently; then watch each one until cancelled.
+    """Check every backend now, concurrently; then watch each one until cancelled: its
+    probes, the end of its ejections, and its engine's load (`watch_engine_load`, with
+    ``engine_load``; the defaults when None).
 
     Reports started once the first round is done, so the HTTP server opens on
     a registry that already knows its models. Backends added later get their
     own watcher at once; removed ones lose it.
     """
+    load_settings = engine_load or EngineLoadSettings()
     # Unbounded: this subscriber must see every backend come and go.
     events = registry.subscribe(buffer=math.inf)
     caches: dict[str, OllamaShowCache] = {}
@@ -135,6 +140,7 @@ async def run_health(
             try:
                 async with trio.open_nursery() as watching:
                     watching.start_soon(registry.run_ejections, backend)
+                    watching.start_soon(watch_engine_load, registry, client, backend, load_settings)
                     await _watch(registry, client, backend, settings, cache)
             finally:
                 # Unless a backend of the same name has been added since, its state goes.

@@ -58,7 +58,9 @@ __all__ = [
     "Backend",
     "Capability",
     "Checkup",
+    "EngineReport",
     "Health",
+    "LoadedModel",
     "ModelInfo",
     "Registry",
     "RegistryEvent",
@@ -155,12 +157,38 @@ class ModelInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class LoadedModel:
+    """A model a server holds in memory now (Ollama ``/api/ps``, LM Studio
+    ``/api/v0/models``): a request for it starts without loading it first."""
+
+    name: str
+    expires_at: float | None = None  # time.time() when the server unloads it if unused
+    size_bytes: int | None = None  # the memory it holds
+
+
+@dataclass(frozen=True, slots=True)
+class EngineReport:
+    """What a server said of its own load at one read (`nexus_trio.backends.engine`);
+    None where it did not say."""
+
+    running: int | None = None  # requests it is generating now
+    waiting: int | None = None  # requests queued inside it, not yet started
+    kv_cache_usage: float | None = None  # share of its KV cache in use, 0 to 1
+    slots: int | None = None  # requests it runs at once (llama.cpp's slots)
+    loaded: tuple[LoadedModel, ...] | None = None  # None: it does not tell
+
+    @property
+    def warm_models(self) -> frozenset[str] | None:
+        return None if self.loaded is None else frozenset(m.name for m in self.loaded)
+
+
+@dataclass(frozen=True, slots=True)
 class Checkup:
     """What one health check of a backend found (`nexus_trio.backends.checkup`)."""
 
     models: list[ModelInfo]
-    warm_models: frozenset[str] | None = None
     slots: int | None = None
+    engine: EngineReport | None = None  # where the check read the load too (Ollama's models)
 
 
 @dataclass(eq=False, slots=True)
@@ -182,6 +210,16 @@ class Backend:
     models: Mapping[str, ModelInfo] = field(default_factory=dict)
     warm_models: frozenset[str] | None = None  # loaded in memory now (Ollama /api/ps)
     slots: int | None = None  # parallel slots the server reports (llama.cpp /props)
+    # What the server last said of its load (`Registry.record_engine_report`), and what
+    # routing reads of it: requests it has that Nexus did not send (other clients'), and
+    # how many it runs before it queues (inf: unknown, or no limit seen).
+    engine: EngineReport | None = None
+    engine_others: int = 0
+    engine_capacity: float = math.inf
+    # When each model was last seen loaded (trio.current_time()), and the memory the
+    # loaded models hold: where a cold start goes (`Roster.of`).
+    last_warm: dict[str, float] = field(default_factory=dict, repr=False)
+    memory_in_use: int | None = None
     first_token_seconds: float | None = None  # overrides of routing.timeouts
     stream_idle_seconds: float | None = None
     health: Health = Health.UNKNOWN
@@ -259,10 +297,22 @@ class Backend:
         return max(0.0, self.ejected_until - now)
 
     @property
+    def busy(self) -> int:
+        """Requests the server has: those Nexus sent, and those of other clients that its
+        last engine report counted."""
+        return self.in_flight + self.engine_others
+
+    @property
+    def queueing(self) -> bool:
+        """Whether a request sent now would wait inside the server for one to finish: it
+        runs as many as it can at once (its slots, or what it ran while others waited)."""
+        return self.in_flight + self.engine_others >= self.engine_capacity
+
+    @property
     def load(self) -> float:
-        """In-flight requests relative to capacity: the configured limit, else the
-        server's own slot count, else 1."""
-        return self.in_flight / (self.max_concurrency or self.slots or 1)
+        """`busy` relative to capacity: the configured limit, else the server's own slot
+        count, else 1."""
+        return self.busy / (self.max_concurrency or self.slots or 1)
 
     def is_warm(self, model: str) -> bool:
         """Whether the model is known to be loaded; unknown counts as warm."""
@@ -307,11 +357,26 @@ def api_root(url: str) -> str:
 
 
 # One backend as routing sees it for one model: the backend, what it said about the model,
-# its tier, its capacity (what its load is relative to) and its max_concurrency (inf when
-# unlimited). The tier orders by priority, then warm before cold (the model known not to
-# be loaded): ``priority * 2 + cold``, one number where a pair would cost more to compare.
-# A plain tuple: routing unpacks one for every eligible backend of every request.
-RosterEntry = tuple[Backend, ModelInfo, int, int, float]
+# its priority, its coldness (0: the model is loaded, or not known not to be; else its
+# place among the cold ones, see `Roster.of`), its capacity (what its load is relative
+# to) and its max_concurrency (inf when unlimited). A plain tuple: routing unpacks one for
+# every eligible backend of every request.
+RosterEntry = tuple[Backend, ModelInfo, int, int, int, float]
+
+
+def _coldness(serving: list[Backend], model: str) -> dict[str, int]:
+    """Each backend's place for a cold start of ``model``: 0 where the model is loaded (or
+    not known not to be); among the others, 1 for the best: the one that held the model
+    most recently (its files are likely still in the page cache), then the one whose
+    loaded models hold the least memory (the most left for this one, on like machines)."""
+    cold = [b for b in serving if not b.is_warm(model)]
+    cold.sort(
+        key=lambda b: (
+            -b.last_warm.get(model, -math.inf),
+            math.inf if b.memory_in_use is None else b.memory_in_use,
+        )
+    )
+    return {b.name: place for place, b in enumerate(cold, 1)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -336,11 +401,13 @@ class Roster:
     def of(cls, backends: Iterable[Backend], model: str) -> Roster:
         listing = tuple(b for b in backends if model in b.models)
         serving = [b for b in listing if b.routable] or [b for b in listing if b.available]
+        coldness = _coldness(serving, model)
         ready = tuple(
             (
                 b,
                 b.models[model],
-                b.priority * 2 + (not b.is_warm(model)),
+                b.priority,
+                coldness.get(b.name, 0),
                 b.max_concurrency or b.slots or 1,
                 math.inf if b.max_concurrency is None else b.max_concurrency,
             )
@@ -390,7 +457,9 @@ _ENDED = "ended"
 class RegistryEvent:
     """A change subscribers hear about: ``kind`` names it, ``backend`` is whose."""
 
-    kind: Literal["backend_added", "backend_removed", "health", "ejection", "models", "sources"]
+    kind: Literal[
+        "backend_added", "backend_removed", "health", "ejection", "models", "sources", "engine"
+    ]
     backend: str
     # "health": the new health's value; "ejection": "ejected" or "ended"
     detail: str = ""
@@ -431,6 +500,7 @@ class Registry:
         self._subscribers: list[trio.MemorySendChannel[RegistryEvent]] = []
         self._rosters: dict[str, Roster] = {}  # by model; emptied by every change
         self._slot_freed = trio.lowlevel.ParkingLot()
+        self._engine_read = trio.lowlevel.ParkingLot()
         for backend in backends:
             self.add(backend)
 
@@ -484,12 +554,55 @@ class Registry:
             self._publish(RegistryEvent("models", backend.name, f"{len(listed)} models"))
 
     def record_checkup(self, backend: Backend, checkup: Checkup) -> None:
-        """Take in what a health check found: models, what is warm, slots."""
+        """Take in what a health check found: models, slots, and the load where it read it."""
         self.set_models(backend, checkup.models)
-        if (checkup.warm_models, checkup.slots) != (backend.warm_models, backend.slots):
-            backend.warm_models = checkup.warm_models
+        if checkup.slots != backend.slots:
             backend.slots = checkup.slots
-            self._rosters.clear()  # they rank by what is loaded and by slots
+            self._rosters.clear()  # they hold each backend's capacity
+            self._set_engine_capacity(backend)
+        if checkup.engine is not None:
+            self.record_engine_report(backend, checkup.engine)
+
+    def record_engine_report(self, backend: Backend, report: EngineReport | None) -> None:
+        """Take in what the server said of its load (None: the read failed, so the last
+        report no longer holds). Published as an ``engine`` event when it differs from the
+        last one; rosters are built again only when what is loaded changed."""
+        previous, backend.engine = backend.engine, report
+        if report is None or report.running is None:
+            backend.engine_others = 0
+        else:
+            # What it counts beyond Nexus's own requests in flight: other clients' work.
+            outstanding = report.running + (report.waiting or 0)
+            backend.engine_others = max(0, outstanding - backend.in_flight)
+        self._set_engine_capacity(backend)
+        loaded = None if report is None else report.loaded
+        warm = None if loaded is None else frozenset(m.name for m in loaded)
+        memory = None if loaded is None else sum(m.size_bytes or 0 for m in loaded)
+        if warm:
+            now = trio.current_time()
+            backend.last_warm.update(dict.fromkeys(warm, now))
+        if (warm, memory) != (backend.warm_models, backend.memory_in_use):
+            backend.warm_models, backend.memory_in_use = warm, memory
+            self._rosters.clear()  # they order by what is loaded
+        if report != previous:
+            self._publish(RegistryEvent("engine", backend.name), rosters_stale=False)
+        self._engine_read.unpark_all()
+
+    def _set_engine_capacity(self, backend: Backend) -> None:
+        """How many requests the server runs before it queues: its slots (llama.cpp), or
+        as many as it was running while others waited (vLLM); else no limit is known."""
+        report = backend.engine
+        slots = (report.slots if report else None) or backend.slots
+        if slots is not None:
+            backend.engine_capacity = slots
+        elif report is not None and report.waiting and report.running is not None:
+            backend.engine_capacity = report.running
+        else:
+            backend.engine_capacity = math.inf
+
+    async def wait_engine_read(self) -> None:
+        """Block until the next engine report of any backend is taken in."""
+        await self._engine_read.park()
 
     def forget_model(self, backend: Backend, model: str) -> None:
         """The backend said it no longer has this model (a 404 on chat)."""
@@ -695,9 +808,10 @@ class Registry:
         self._subscribers.append(send)
         return receive
 
-    def _publish(self, event: RegistryEvent) -> None:
-        # Every event is a change rosters may depend on; they are built again when read.
-        self._rosters.clear()
+    def _publish(self, event: RegistryEvent, *, rosters_stale: bool = True) -> None:
+        # Nearly every event is a change rosters depend on; they are built again when read.
+        if rosters_stale:
+            self._rosters.clear()
         alive = []
         for channel in self._subscribers:
             try:

@@ -177,7 +177,9 @@ async def serve_nexus(
         fleet = await root.start(
             Fleet(registry, client, settings, state, instance_id=instance_id).run, inbox
         )
-        await root.start(run_health, registry, client, settings.health_check)
+        await root.start(
+            run_health, registry, client, settings.health_check, settings.routing.engine_load
+        )
         if fleet_sims:
             # Not awaited: zeroconf first checks for ~1.5 s that the names are free, and
             # the demo's own backends are registered directly anyway.

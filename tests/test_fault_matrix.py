@@ -30,7 +30,14 @@ from helpers import sim
 MESSAGES: list[Any] = [{"role": "user", "content": "Describe the fault matrix."}]
 FULL = expected_answer("llama3:8b", MESSAGES)
 K = 5
-TIMEOUTS = {"first_token_seconds": 0.5, "stream_idle_seconds": 0.3, "request_seconds": 600}
+# A simulated Ollama starts with no model loaded: no time for a cold start here, so that a
+# hang is a hang (tests/test_engine_load.py gives cold starts theirs).
+TIMEOUTS = {
+    "first_token_seconds": 0.5,
+    "stream_idle_seconds": 0.3,
+    "request_seconds": 600,
+    "cold_start_seconds": 0,
+}
 
 Fault = Callable[[SimulatedBackend], Awaitable[None]]
 

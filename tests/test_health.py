@@ -14,7 +14,8 @@ import pytest
 import trio
 import trio.testing
 
-from nexus_trio.backends.checkup import parse_llamacpp_props, parse_ollama_ps
+from nexus_trio.backends.checkup import parse_llamacpp_props
+from nexus_trio.backends.engine import parse_ollama_ps
 from nexus_trio.config import BackendType, HealthCheckSettings
 from nexus_trio.health import run_health
 from nexus_trio.registry import Backend, Health, Registry
@@ -144,7 +145,7 @@ async def test_backends_added_later_are_watched_and_removed_ones_are_not(
 
 def test_native_answers_are_read() -> None:
     ps = {"models": [{"name": "llama3:8b", "size_vram": 5}, {"name": "qwen:7b"}, {"x": 1}]}
-    assert parse_ollama_ps(ps) == {"llama3:8b", "qwen:7b"}
+    assert parse_ollama_ps(ps).warm_models == {"llama3:8b", "qwen:7b"}
     props: dict[str, Any] = {"default_generation_settings": {"n_ctx": 2048}, "total_slots": 2}
     assert parse_llamacpp_props(props) == (2048, 2)
     assert parse_llamacpp_props({"total_slots": True}) == (None, None)

@@ -32,6 +32,7 @@ LAYERS: dict[str, int] = {
     "routing": 4,
     "discovery": 5,
     "health": 5,
+    "load_watch": 5,
     "fleet": 6,
     "proxy": 5,
     "dialects": 6,

@@ -19,7 +19,9 @@ from nexus_trio.errors import BackendStatus, NexusError, NoHealthyBackend
 from nexus_trio.registry import (
     Backend,
     Capability,
+    EngineReport,
     Health,
+    LoadedModel,
     ModelInfo,
     Registry,
     RegistryEvent,
@@ -321,7 +323,7 @@ roster_steps = st.lists(
     st.tuples(
         st.sampled_from(
             ["probe_ok", "probe_fail", "mark_unhealthy", "eject", "served", "wait", "revive",
-             "models", "forget", "checkup", "sources", "add", "remove", "start", "finish",
+             "models", "forget", "checkup", "engine", "sources", "add", "remove", "start", "finish",
              "ttft"]
         ),
         st.integers(0, 3),  # which backend
@@ -390,8 +392,14 @@ def change(registry: Registry, kind: str, b: Backend, number: int) -> None:
     elif kind == "forget":
         registry.forget_model(b, ROSTER_MODELS[number % 2])
     elif kind == "checkup":
-        warm = frozenset(ROSTER_MODELS[: number % 3]) if number else None
-        registry.record_checkup(b, Checkup([ModelInfo(m) for m in b.models], warm, number or None))
+        loaded = tuple(LoadedModel(m, size_bytes=number) for m in ROSTER_MODELS[: number % 3])
+        engine = EngineReport(loaded=loaded) if number else None
+        registry.record_checkup(
+            b, Checkup([ModelInfo(m) for m in b.models], number or None, engine)
+        )
+    elif kind == "engine":  # what the server reports of its load (None: the read failed)
+        report = EngineReport(running=number, waiting=number % 2) if number else None
+        registry.record_engine_report(b, report)
     elif kind == "sources":
         registry.set_sources(b, set() if number == 0 else {"config"})
     elif kind == "remove":

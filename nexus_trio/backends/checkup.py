@@ -4,7 +4,8 @@ Cheap, type-specific requests that never run a generation:
 
 ============  ==========================================================
 ollama        ``/api/version``; models from ``/api/tags`` + ``/api/show``
-              (cached per digest); warm models from ``/api/ps``
+              (cached per digest); loaded models from ``/api/ps``
+              (read every second too: `nexus_trio.load_watch`)
 llamacpp      ``/health`` (503 while the model loads); ``/v1/models``;
               ``/props`` for the context per slot (``n_ctx``) and slots
 vllm          ``/health``; ``/v1/models`` (with ``max_model_len``)
@@ -25,6 +26,7 @@ from typing import Any
 import httpx
 import trio
 
+from nexus_trio.backends.engine import parse_ollama_ps
 from nexus_trio.backends.listing import OllamaShowCache, get_json, list_models
 from nexus_trio.config import BackendType
 from nexus_trio.errors import BackendError, BackendStatus, BackendTimeout
@@ -36,7 +38,6 @@ __all__ = [
     "check_backend",
     "check_with_deadline",
     "parse_llamacpp_props",
-    "parse_ollama_ps",
 ]
 
 # The liveness request per type, before the model listing; None: the listing is enough.
@@ -47,16 +48,6 @@ _LIVENESS: dict[BackendType, str] = {
     BackendType.EXO: "/node_id",
     BackendType.LOCALAI: "/readyz",
 }
-
-
-def parse_ollama_ps(payload: Any) -> frozenset[str]:
-    """Model names Ollama has loaded now, from ``GET /api/ps``."""
-    entries = payload.get("models") if isinstance(payload, dict) else None
-    if not isinstance(entries, list):
-        raise ValueError("expected an object with a 'models' array")
-    return frozenset(
-        e["name"] for e in entries if isinstance(e, dict) and isinstance(e.get("name"), str)
-    )
 
 
 def parse_llamacpp_props(payload: Any) -> tuple[int | None, int | None]:
@@ -98,10 +89,10 @@ async def check_backend(
     models = await list_models(client, backend, cache)
     if backend.type is BackendType.OLLAMA:
         try:
-            warm = parse_ollama_ps(await get_json(client, backend, "GET", "/api/ps"))
+            loaded = parse_ollama_ps(await get_json(client, backend, "GET", "/api/ps"))
         except (BackendError, ValueError):
-            warm = None  # older servers: unknown, which routing treats as warm
-        return Checkup(models, warm_models=warm)
+            return Checkup(models)  # older servers: unknown, which routing treats as warm
+        return Checkup(models, engine=loaded)
     if backend.type is BackendType.LLAMACPP:
         try:
             n_ctx, slots = parse_llamacpp_props(await get_json(client, backend, "GET", "/props"))

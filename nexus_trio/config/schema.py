@@ -52,6 +52,7 @@ __all__ = [
     "BackendSettings",
     "BackendType",
     "DiscoverySettings",
+    "EngineLoadSettings",
     "HealthCheckSettings",
     "LogFormat",
     "LoggingSettings",
@@ -299,6 +300,12 @@ class TimeoutSettings:
         "continuations included.",
         default=600.0,
     )
+    cold_start_seconds: float = _key(
+        _NOT_NEGATIVE,
+        "Added to first_token_seconds when the backend must load the model first (an Ollama "
+        "model not in memory): loading a large model takes longer than any first token.",
+        default=120.0,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -329,6 +336,31 @@ class AffinitySettings:
         _POSITIVE,
         "A conversation not served for this long is forgotten (servers evict caches too).",
         default=600.0,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class EngineLoadSettings:
+    """``[routing.engine_load]``: read each server's own account of its load, on a cycle of
+    its own, never on a request's path (``smart`` and ``least_busy`` routing use it)."""
+
+    enabled: bool = _key(
+        Bool(),
+        "Read what each backend reports of its load: vLLM /metrics (requests running and "
+        "waiting, KV-cache use), llama.cpp /metrics or /slots, Ollama /api/ps and LM Studio "
+        "/api/v0/models (which models are loaded). Types with no such endpoint are skipped.",
+        default=True,
+        example="false",
+        env="NEXUS_ENGINE_LOAD",
+    )
+    interval_seconds: float = _key(
+        _POSITIVE, "Time between two reads of one backend's load.", default=1.0
+    )
+    timeout_seconds: float = _key(
+        _POSITIVE,
+        "A read that takes longer has failed: routing forgets the backend's last report "
+        "until a read answers again.",
+        default=1.0,
     )
 
 
@@ -439,6 +471,9 @@ class RoutingSettings:
     )
     affinity: AffinitySettings = _table(
         AffinitySettings, "Conversation affinity: turns of one conversation to one backend."
+    )
+    engine_load: EngineLoadSettings = _table(
+        EngineLoadSettings, "What each backend reports of its own load, read every second."
     )
     # The pattern keys of ``aliases``, most specific first (derived, not loaded).
     alias_patterns: tuple[AliasPattern, ...] = field(default=(), init=False, repr=False,

@@ -100,12 +100,16 @@ class Exchange:
     conversation: ConversationKey | None = None
     model: str = ""
 
-    def timeouts_for(self, backend: Backend) -> TimeoutSettings:
-        """The routing timeouts, with the backend's own overrides applied."""
-        if backend.first_token_seconds is None and backend.stream_idle_seconds is None:
+    def timeouts_for(self, backend: Backend, model: str) -> TimeoutSettings:
+        """The routing timeouts for ``model`` at ``backend``: with the backend's own
+        overrides applied, and ``cold_start_seconds`` more for the first token where the
+        model is known not to be loaded (the server loads it first)."""
+        cold = not backend.is_warm(model)
+        if not cold and backend.first_token_seconds is None and backend.stream_idle_seconds is None:
             return self.timeouts
+        first_token = backend.first_token_seconds or self.timeouts.first_token_seconds
         return replace(
             self.timeouts,
-            first_token_seconds=backend.first_token_seconds or self.timeouts.first_token_seconds,
+            first_token_seconds=first_token + (self.timeouts.cold_start_seconds if cold else 0),
             stream_idle_seconds=backend.stream_idle_seconds or self.timeouts.stream_idle_seconds,
         )

@@ -136,7 +136,7 @@ async def open_stream(
         BackendError: it failed before its first token (the caller moves on).
     """
     backend = candidate.backend
-    timeouts = exchange.timeouts_for(backend)
+    timeouts = exchange.timeouts_for(backend, candidate.model)
     started = trio.current_time()
     slot = exchange.registry.occupy(backend)
     response: Http1Response | None = None

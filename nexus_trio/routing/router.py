@@ -76,9 +76,14 @@ def _explain(why: Why) -> str:
         return f"priority:{why[1]}"
     if strategy is Strategy.LEAST_BUSY:
         return f"least_busy:load={why[1]:.2f}"
-    _, priority, cold, load, ttft = why
+    _, priority, queueing, coldness, warm, load, ttft = why
     shown = f"{ttft * 1000:.0f}ms" if isinstance(ttft, float) else "n/a"
-    return f"smart:priority={priority}{',cold' if cold else ''},load={load:.2f},ttft={shown}"
+    standing = ",queueing" if queueing else ""
+    if coldness:
+        standing += ",cold_start"
+    elif warm:
+        standing += ",warm"
+    return f"smart:priority={priority}{standing},load={load:.2f},ttft={shown}"
 
 
 class Candidates(Sequence[Candidate]):
@@ -186,7 +191,7 @@ def rank(
     pass over the rows, the rest a sort (`_in_order`).
     """
     if strategy is Strategy.RANDOM or strategy is Strategy.ROUND_ROBIN:
-        free = [entry[0] for entry in entries if entry[0].in_flight < entry[4]]
+        free = [entry[0] for entry in entries if entry[0].in_flight < entry[5]]
         if not free:
             return None
         if strategy is Strategy.RANDOM:
@@ -207,29 +212,46 @@ def rank(
     if strategy is Strategy.PRIORITY:
         rows: list[tuple[Any, ...]] = [
             (b.priority, i, b)
-            for i, (b, _, _, _, limit) in enumerate(rotated)
+            for i, (b, _, _, _, _, limit) in enumerate(rotated)
             if b.in_flight < limit
         ]
         return _in_order(rows, lambda row: (strategy, row[0]))
     if strategy is Strategy.LEAST_BUSY:
         rows = [
-            (b.in_flight / cap, i, b)
-            for i, (b, _, _, cap, limit) in enumerate(rotated)
+            ((b.in_flight + b.engine_others) / cap, i, b)
+            for i, (b, _, _, _, cap, limit) in enumerate(rotated)
             if b.in_flight < limit
         ]
         return _in_order(rows, lambda row: (strategy, row[0]))
-    # smart: the priority tier first, and in it a backend with the model loaded (no load
-    # time; see `RosterEntry`), then load relative to capacity, then how fast the backend
-    # has been starting its answers. A backend without a TTFT sample yet ranks as the best
-    # of its peers, so it gets one.
+    # smart, by weight: the priority tier; in it a backend that would not queue the
+    # request (`Backend.queueing`); then one with the model loaded, else the best place
+    # to load it (`RosterEntry` coldness); then the load relative to capacity, counting
+    # the requests the server reports beyond Nexus's own (other clients'); then how fast
+    # it has been starting its answers. A backend without a TTFT sample yet ranks as the
+    # best of its peers, so it gets one. (Affinity, between coldness and load, is
+    # `_may_prefer`'s.)
     rows = [
-        (tier, b.in_flight / cap, b.ttft_ewma_seconds or 0.0, i, b)
-        for i, (b, _, tier, cap, limit) in enumerate(rotated)
+        (
+            priority,
+            (busy := b.in_flight + b.engine_others) >= b.engine_capacity,
+            coldness,
+            busy / cap,
+            b.ttft_ewma_seconds or 0.0,
+            i,
+            b,
+        )
+        for i, (b, _, priority, coldness, cap, limit) in enumerate(rotated)
         if b.in_flight < limit
     ]
-    return _in_order(
-        rows, lambda row: (strategy, *divmod(row[0], 2), row[1], row[-1].ttft_ewma_seconds)
-    )
+    return _in_order(rows, lambda row: _smart_why(row[-1], row[:4]))
+
+
+def _smart_why(backend: Backend, standing: tuple[Any, ...]) -> Why:
+    """Why ``backend`` ranks where it does under ``smart``: its (priority, queueing,
+    coldness, load), whether the model is known loaded there, and its TTFT."""
+    priority, queueing, coldness, load = standing
+    warm = not coldness and backend.warm_models is not None
+    return (Strategy.SMART, priority, queueing, coldness, warm, load, backend.ttft_ewma_seconds)
 
 
 _RANDOM: Why = (Strategy.RANDOM,)
@@ -413,26 +435,30 @@ def _may_prefer(
     entries: Sequence[RosterEntry], name: str, slack: float
 ) -> tuple[Backend, Why] | None:
     """The backend ``name`` among ``entries`` with why it ranks, if affinity may send it
-    the request: in rotation (not ejected), below its max_concurrency, in the best tier
-    of those that are (priority, warm), and loaded no more than ``1 + slack`` times the
-    mean load of them all (so a conversation never waits where a replica has room)."""
+    the request: in rotation (not ejected), below its max_concurrency, in the best class
+    of those that are by the weights above it (priority, not queueing, warm), and loaded
+    no more than ``1 + slack`` times the mean load of them all (counting what the
+    servers report), so a conversation never waits where a replica has room."""
     # A few passes of plain comprehensions: cheaper than one loop doing it all.
     mine = next((e for e in entries if e[0].name == name), None)
     if mine is None:
         return None
-    backend, _, rank_tier, cap, limit = mine
-    load = backend.in_flight / cap
+    backend, _, priority, coldness, cap, limit = mine
     if backend.ejected_until is not None or backend.in_flight >= limit:
         return None
-    mean = sum([e[0].in_flight / e[3] for e in entries]) / len(entries)
+    load = backend.busy / cap
+    mean = sum([e[0].busy / e[4] for e in entries]) / len(entries)
     if load > (1 + slack) * mean:
         return None
+    standing = (priority, backend.queueing, coldness)
     if any(
-        e[2] < rank_tier and e[0].in_flight < e[4] and e[0].ejected_until is None for e in entries
+        (e[2], e[0].queueing, e[3]) < standing
+        and e[0].in_flight < e[5]
+        and e[0].ejected_until is None
+        for e in entries
     ):
-        return None  # a backend of a better tier (priority, warm) has room
-    why: Why = (Strategy.SMART, *divmod(rank_tier, 2), load, backend.ttft_ewma_seconds)
-    return backend, why
+        return None  # a backend of a better class has room
+    return backend, _smart_why(backend, (*standing, load))
 
 
 def _candidates(
