@@ -31,8 +31,8 @@ LAYERS: dict[str, int] = {
     "backends": 4,
     "routing": 4,
     "discovery": 5,
-    "health": 5,
-    "load_watch": 5,
+    "health": 6,
+    "load_watch": 5,  # the health watcher runs it
     "fleet": 6,
     "proxy": 5,
     "dialects": 6,
