@@ -13,7 +13,7 @@ import trio
 from ._completions import error_payload
 from ._http import Request, Responder, serve_http_connection
 from ._ollama import ollama_name
-from ._routes import ROUTES
+from ._routes import LLAMACPP_SLOTS, ROUTES, VLLM_MAX_NUM_SEQS
 from ._types import Faults, Flavor, SimModel, SimStats
 
 __all__ = ["SimulatedBackend"]
@@ -60,6 +60,16 @@ class SimulatedBackend:
             Code sends its environment notes so) leave the turn the user's, so a tool
             call may answer it, as a real model's would; by default only a conversation
             that ends with the user's message gets a tool call.
+        parallel: requests the engine runs at once, beyond which they wait: llama.cpp's
+            slots (``--parallel``, 2 here by default), vLLM's ``max_num_seqs`` (256).
+        busy_elsewhere: requests of other clients the engine is working on now: its load
+            reports (vLLM and llama.cpp ``/metrics``, llama.cpp ``/slots``) count them
+            beside the requests answered here.
+        llamacpp_metrics: llama.cpp serves ``/metrics``, as when started with
+            ``--metrics``; without it, 501, as there.
+        load_seconds: Ollama: a request for a model not loaded waits this long first (the
+            server loads the weights), then the model is loaded (``/api/ps``) until
+            :meth:`unload` or its keep-alive ends.
 
     Example::
 
@@ -79,6 +89,10 @@ class SimulatedBackend:
     echo_prefill: bool | None = None
     tool_arguments: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     system_keeps_user_turn: bool = False
+    parallel: int | None = None
+    busy_elsewhere: int = 0
+    llamacpp_metrics: bool = False
+    load_seconds: float = 0.0
     stats: SimStats = field(default_factory=SimStats)
 
     # run-time state
@@ -151,6 +165,29 @@ class SimulatedBackend:
     def mark_loaded(self, model_id: str) -> None:
         """Note that ``model_id`` answered a request (Ollama lists it in ``/api/ps``)."""
         self.loaded[model_id] = time.time()
+
+    async def load(self, model_id: str) -> None:
+        """Make ``model_id`` ready to answer: an Ollama that does not hold it loads it first
+        (`load_seconds`); then it is loaded, its keep-alive started afresh."""
+        if self.flavor is Flavor.OLLAMA and model_id not in self.loaded and self.load_seconds:
+            await trio.sleep(self.load_seconds)
+        self.mark_loaded(model_id)
+
+    def unload(self, model_id: str) -> None:
+        """Drop ``model_id`` from memory (Ollama's keep-alive ended, or another model
+        needed the room): the next request for it loads it again."""
+        self.loaded.pop(model_id, None)
+
+    @property
+    def engine_parallel(self) -> int:
+        """Requests the engine runs at once (`parallel`, else the flavour's default)."""
+        default = LLAMACPP_SLOTS if self.flavor is Flavor.LLAMACPP else VLLM_MAX_NUM_SEQS
+        return self.parallel or default
+
+    @property
+    def engine_busy(self) -> int:
+        """Requests the engine has now: those answered here and other clients'."""
+        return self.stats.chat_in_flight + self.busy_elsewhere
 
     # -- lifecycle ---------------------------------------------------------------------
 

@@ -123,7 +123,7 @@ async def _respond(backend: SimulatedBackend, request: Request, responder: Respo
     except ChatError as exc:
         await responder.send_json(exc.status, exc.payload)
         return
-    backend.mark_loaded(answer.served)
+    await backend.load(answer.served)
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     created = int(time.time())
     fingerprint = FINGERPRINTS[backend.flavor]

@@ -3,7 +3,7 @@
 - vLLM: ``/health`` (200, empty), ``/version``, ``/v1/models`` with ``max_model_len``,
   ``/metrics``, ``/tokenize``.
 - llama.cpp server: ``/health``, ``/props``, ``/slots``, ``/v1/models`` with ``meta``,
-  ``/metrics`` (as if started with ``--metrics``), ``/apply-template``, ``/tokenize``.
+  ``/metrics`` (501 unless started with ``--metrics``), ``/apply-template``, ``/tokenize``.
 - Ollama: see ``_ollama``; its ``/v1/models`` entries are ``owned_by`` the namespace.
 - generic: ``/v1/models`` and ``/v1/chat/completions`` only.
 - LM Studio, exo, LocalAI: see ``_native``.
@@ -27,12 +27,13 @@ from ._types import Flavor, SimModel
 if TYPE_CHECKING:
     from ._backend import SimulatedBackend
 
-__all__ = ["ROUTES", "Route"]
+__all__ = ["LLAMACPP_SLOTS", "ROUTES", "VLLM_MAX_NUM_SEQS", "Route"]
 
 Route = Callable[["SimulatedBackend", Request, Responder], Awaitable[None]]
 
 VLLM_VERSION: Final = "0.11.0"
-LLAMACPP_SLOTS: Final = 2
+LLAMACPP_SLOTS: Final = 2  # llama-server --parallel
+VLLM_MAX_NUM_SEQS: Final = 256  # vLLM's default max_num_seqs
 LLAMACPP_VOCAB: Final = 49152
 
 
@@ -99,16 +100,22 @@ async def vllm_version(backend: SimulatedBackend, request: Request, responder: R
 
 
 async def vllm_metrics(backend: SimulatedBackend, request: Request, responder: Responder) -> None:
-    running = backend.stats.chat_in_flight
-    lines: list[str] = []
+    # One engine serving one model (vLLM serves one; LoRA adapters share its engine), its
+    # requests beyond max_num_seqs waiting, its KV cache as full as its batch.
+    busy, parallel = backend.engine_busy, backend.engine_parallel
+    running = min(busy, parallel)
     gauges = (
         ("vllm:num_requests_running", "Number of requests in model execution batches.", running),
-        ("vllm:num_requests_waiting", "Number of requests waiting to be processed.", 0),
-        ("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.", 0.0),
-    )
+        ("vllm:num_requests_waiting", "Number of requests waiting to be processed.",
+         busy - running),
+        ("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.",
+         round(running / parallel, 4)),
+    )  # fmt: skip
+    served = backend.models[0].id if backend.models else ""
+    lines: list[str] = []
     for name, help_, value in gauges:
         lines += [f"# HELP {name} {help_}", f"# TYPE {name} gauge"]
-        lines += [f'{name}{{engine="0",model_name="{m.id}"}} {value}' for m in backend.models]
+        lines.append(f'{name}{{engine="0",model_name="{served}"}} {value}')
     await _send_metrics(responder, lines)
 
 
@@ -155,7 +162,7 @@ async def llamacpp_props(backend: SimulatedBackend, request: Request, responder:
     first = backend.models[0] if backend.models else None
     props = {
         "default_generation_settings": _slot(0, _n_ctx(backend), busy=False),
-        "total_slots": LLAMACPP_SLOTS,
+        "total_slots": backend.engine_parallel,
         "model_path": f"/models/{card(first.id).file_name}" if first else "",
         "modalities": {"vision": bool(first and first.vision), "audio": False},
         "chat_template": "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
@@ -168,8 +175,8 @@ async def llamacpp_props(backend: SimulatedBackend, request: Request, responder:
 
 
 async def llamacpp_slots(backend: SimulatedBackend, request: Request, responder: Responder) -> None:
-    busy = backend.stats.chat_in_flight
-    slots = [_slot(i, _n_ctx(backend), busy=i < busy) for i in range(LLAMACPP_SLOTS)]
+    busy = backend.engine_busy
+    slots = [_slot(i, _n_ctx(backend), busy=i < busy) for i in range(backend.engine_parallel)]
     await responder.send_json(200, slots)
 
 
@@ -195,13 +202,17 @@ async def llamacpp_models(
 async def llamacpp_metrics(
     backend: SimulatedBackend, request: Request, responder: Responder
 ) -> None:
-    in_flight = backend.stats.chat_in_flight
+    if not backend.llamacpp_metrics:
+        message = "This server does not support metrics endpoint. Start it with `--metrics`"
+        error = {"code": 501, "message": message, "type": "not_supported_error"}
+        await responder.send_json(501, {"error": error})
+        return
+    busy, slots = backend.engine_busy, backend.engine_parallel
     gauges = (
-        ("llamacpp:requests_processing", "Number of requests processing.",
-         min(in_flight, LLAMACPP_SLOTS)),
-        ("llamacpp:requests_deferred", "Number of requests deferred.",
-         max(0, in_flight - LLAMACPP_SLOTS)),
-        ("llamacpp:kv_cache_usage_ratio", "KV-cache usage. 1 means 100 percent usage.", 0.0),
+        ("llamacpp:requests_processing", "Number of requests processing.", min(busy, slots)),
+        ("llamacpp:requests_deferred", "Number of requests deferred.", max(0, busy - slots)),
+        ("llamacpp:kv_cache_usage_ratio", "KV-cache usage. 1 means 100 percent usage.",
+         round(min(busy, slots) / slots, 4)),
     )  # fmt: skip
     lines: list[str] = []
     for name, help_, value in gauges:

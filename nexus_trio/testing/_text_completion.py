@@ -200,7 +200,7 @@ async def _respond(backend: SimulatedBackend, request: Request, responder: Respo
     except ChatError as exc:
         await responder.send_json(exc.status, exc.payload)
         return
-    backend.mark_loaded(answer.served)
+    await backend.load(answer.served)
     fingerprint = FINGERPRINTS[backend.flavor]
     base: dict[str, Any] = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion",
                             "created": int(time.time()), "model": answer.model}  # fmt: skip
