@@ -216,7 +216,7 @@ class Backend:
     engine: EngineReport | None = None
     engine_others: int = 0
     engine_capacity: float = math.inf
-    # When each model was last seen loaded (trio.current_time()), and the memory the
+    # When each model was last seen loaded (time.monotonic()), and the memory the
     # loaded models hold: where a cold start goes (`Roster.of`).
     last_warm: dict[str, float] = field(default_factory=dict, repr=False)
     memory_in_use: int | None = None
@@ -568,6 +568,9 @@ class Registry:
         report no longer holds). Published as an ``engine`` event when it differs from the
         last one; rosters are built again only when what is loaded changed."""
         previous, backend.engine = backend.engine, report
+        if report is not None and report.slots is not None and report.slots != backend.slots:
+            backend.slots = report.slots  # llama.cpp's /slots counts them as /props does
+            self._rosters.clear()  # they hold each backend's capacity
         if report is None or report.running is None:
             backend.engine_others = 0
         else:
@@ -579,8 +582,7 @@ class Registry:
         warm = None if loaded is None else frozenset(m.name for m in loaded)
         memory = None if loaded is None else sum(m.size_bytes or 0 for m in loaded)
         if warm:
-            now = trio.current_time()
-            backend.last_warm.update(dict.fromkeys(warm, now))
+            backend.last_warm.update(dict.fromkeys(warm, time.monotonic()))
         if (warm, memory) != (backend.warm_models, backend.memory_in_use):
             backend.warm_models, backend.memory_in_use = warm, memory
             self._rosters.clear()  # they order by what is loaded
@@ -592,9 +594,8 @@ class Registry:
         """How many requests the server runs before it queues: its slots (llama.cpp), or
         as many as it was running while others waited (vLLM); else no limit is known."""
         report = backend.engine
-        slots = (report.slots if report else None) or backend.slots
-        if slots is not None:
-            backend.engine_capacity = slots
+        if backend.slots is not None:
+            backend.engine_capacity = backend.slots
         elif report is not None and report.waiting and report.running is not None:
             backend.engine_capacity = report.running
         else:
