@@ -19,7 +19,10 @@ import trio
 import trio.testing
 from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_client_stream
 
+from nexus_trio.config import BackendType
 from nexus_trio.observe.feed import BUFFER, Feed
+from nexus_trio.observe.views import backend_view
+from nexus_trio.registry import Backend, EngineReport, LoadedModel, Secret
 from nexus_trio.testing import Flavor, SimModel, SimulatedBackend
 
 from helpers import sim
@@ -216,3 +219,62 @@ async def test_dashboards_close_when_nexus_shuts_down(start_nexus: Any) -> None:
         nexus.stop.set()
         with trio.fail_after(3):
             assert await close_code(ws) == 1001
+
+
+def test_the_backend_view_shows_what_the_server_said_of_its_load() -> None:
+    backend = Backend(
+        "a", "http://10.1.2.3:11434", BackendType.OLLAMA, api_key=Secret("sk-do-not-show")
+    )
+    assert backend_view(backend, now=0.0, wall=1000.0)["engine"] is None  # never read
+
+    backend.engine = EngineReport(running=3, waiting=2, kv_cache_usage=0.45123)
+    assert backend_view(backend, now=0.0, wall=1000.0)["engine"] == {
+        "running": 3,
+        "waiting": 2,
+        "kv_cache_usage": 0.4512,
+        "slots": None,
+        "loaded": None,  # this server does not tell what it holds
+    }
+    backend.engine = EngineReport(running=1, slots=2)  # llama.cpp's /slots
+    engine = backend_view(backend, now=0.0, wall=1000.0)["engine"]
+    assert (engine["running"], engine["slots"], engine["waiting"]) == (1, 2, None)
+
+    backend.engine = EngineReport(
+        loaded=(
+            LoadedModel("qwen2.5:7b", expires_at=None, size_bytes=5_000_000_000),
+            LoadedModel("llama3:8b", expires_at=1299.6, size_bytes=4_000_000_000),
+            LoadedModel("phi3:mini", expires_at=990.0),  # past its time, still listed
+        )
+    )
+    view = backend_view(backend, now=0.0, wall=1000.0)
+    assert view["engine"]["loaded"] == [
+        {"model": "llama3:8b", "expires_in_seconds": 300},
+        {"model": "phi3:mini", "expires_in_seconds": 0},
+        {"model": "qwen2.5:7b", "expires_in_seconds": None},
+    ]
+    assert view["engine"]["running"] is None
+    text = json.dumps(view)
+    assert "10.1.2.3" not in text
+    assert "sk-do-not-show" not in text
+
+    backend.engine = EngineReport(loaded=())
+    assert backend_view(backend, now=0.0, wall=1000.0)["engine"]["loaded"] == []
+
+
+async def test_the_engine_load_reaches_the_page_as_it_changes(
+    start_nexus: Any, loopback_clock: trio.testing.MockClock
+) -> None:
+    a = sim("a")
+    nexus = await start_nexus([a])
+    async with open_dashboard(nexus) as ws:
+        await next_of(ws, "Snapshot")
+        a.busy_elsewhere = 3  # other clients' requests: only the server's report has them
+        with trio.fail_after(3):  # the load is read every second
+            while True:
+                status = await next_of(ws, "BackendStatus", name="a")
+                if status["engine"] and status["engine"]["running"] == 3:
+                    break
+        assert status["engine"]["waiting"] == 0
+        assert status["in_flight"] == 0  # none of them is Nexus's
+    listed = (await nexus.http.get("/admin/backends")).json()["backends"]
+    assert listed[0]["engine"]["running"] == 3

@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import random
 import string
+from collections.abc import Callable
 from typing import Any
 
 import openai
+import trio
 from prometheus_client.parser import text_string_to_metric_families
+
+from nexus_trio.registry import EngineReport
+from nexus_trio.testing import Flavor
 
 from helpers import sim, wait_for_ejection_end
 
@@ -254,3 +259,48 @@ async def test_names_a_pattern_alias_serves_are_counted_under_the_pattern(
     assert (entry["id"], entry["alias_for"]) == ("claude-opus-5", "llama3:8b")
     history = (await nexus.http.get("/v1/history")).json()["data"]
     assert [r["model"] for r in history] == names  # the history keeps what each client sent
+
+
+async def test_engine_load_and_loaded_models_as_the_servers_report_them(
+    start_nexus: Any,
+) -> None:
+    # A vLLM running its 256 sequences for other clients, 44 more waiting; an Ollama
+    # holding one of its two models in memory from before Nexus started.
+    busy = sim("busy", busy_elsewhere=300, parallel=256)
+    warm = sim("warm", Flavor.OLLAMA, "llama3:8b", "qwen2.5:7b")
+    warm.mark_loaded("llama3:8b")
+    nexus = await start_nexus([busy, warm])
+    registry = nexus.gateway.registry
+
+    async def read_until(condition: Callable[[], bool]) -> None:
+        with trio.fail_after(10):
+            while not condition():
+                await registry.wait_engine_read()
+
+    def reported(name: str) -> EngineReport:
+        return registry.get(name).engine or EngineReport()
+
+    await read_until(lambda: reported("busy").running == 256 and bool(reported("warm").loaded))
+    metrics = samples((await nexus.http.get("/metrics")).text)
+    engine = "nexus_backend_engine_requests"
+    assert value(metrics, engine, backend="busy", state="running") == 256
+    assert value(metrics, engine, backend="busy", state="waiting") == 44
+    assert sorted(label_sets(metrics, engine), key=lambda s: s["state"]) == [
+        {"backend": "busy", "state": "running"},
+        {"backend": "busy", "state": "waiting"},
+    ]  # Ollama says nothing of its requests: no series rather than a made-up 0
+    kv = "nexus_backend_kv_cache_usage_ratio"
+    assert value(metrics, kv, backend="busy") == 1.0
+    assert label_sets(metrics, kv) == [{"backend": "busy"}]
+    loaded = "nexus_backend_model_loaded"
+    assert label_sets(metrics, loaded) == [{"backend": "warm", "model": "llama3:8b"}]
+    assert value(metrics, loaded, backend="warm", model="llama3:8b") == 1
+
+    # The series follow the servers: the other clients leave, the model is unloaded.
+    busy.busy_elsewhere = 0
+    warm.unload("llama3:8b")
+    await read_until(lambda: reported("busy").running == 0 and reported("warm").loaded == ())
+    metrics = samples((await nexus.http.get("/metrics")).text)
+    assert value(metrics, engine, backend="busy", state="running") == 0
+    assert value(metrics, engine, backend="busy", state="waiting") == 0
+    assert label_sets(metrics, loaded) == []

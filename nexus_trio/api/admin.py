@@ -29,6 +29,7 @@ from nexus_trio.errors import (
     RequestError,
 )
 from nexus_trio.gateway import Gateway
+from nexus_trio.observe.views import engine_view
 from nexus_trio.registry import Backend
 
 __all__ = ["backend_view", "make_admin_blueprint"]
@@ -40,7 +41,8 @@ def backend_view(backend: Backend) -> dict[str, Any]:
     ``status`` is ``"ejected"`` while the passive breaker keeps it out (``health`` is
     then what its probes say); ``ejected_until`` is when it returns (UTC), and
     ``ejected_seconds`` how long that is from now; ``ejections`` counts its ejections
-    in a row, which a run of served requests forgives.
+    in a row, which a run of served requests forgives; ``engine`` is what the server
+    last said of its load (`nexus_trio.observe.views.engine_view`).
     """
     checked = backend.last_checked
     left = backend.ejected_seconds_left(trio.current_time())
@@ -58,6 +60,7 @@ def backend_view(backend: Backend) -> dict[str, Any]:
         "priority": backend.priority,
         "models": sorted(backend.models),
         "warm_models": sorted(backend.warm_models) if backend.warm_models is not None else None,
+        "engine": engine_view(backend.engine, time.time()),
         "in_flight": backend.in_flight,
         "max_concurrency": backend.max_concurrency,
         "latency_ms": None

@@ -1,14 +1,17 @@
 """Prometheus metrics (``GET /metrics``), via prometheus-client.
 
-Request metrics are counted as each request ends; the fleet's gauges (up, in
-flight, latency, models available) are read from the registry when Prometheus
-scrapes, so they are never stale and cost nothing between scrapes. Each
-Nexus has its own collector registry (several may run in one process: tests).
+Request metrics are counted as each request ends; the fleet's gauges are read
+from the registry when Prometheus scrapes, so they are never stale and cost
+nothing between scrapes: up, in flight, latency, models available, and what each
+server last reported of its own load (`nexus_trio.load_watch`): requests running
+and waiting, KV cache in use, models held in memory. Each Nexus has its own
+collector registry (several may run in one process: tests).
 
 Label values are bounded: ``model`` is a name some backend serves or the
 configuration names (an alias, a fallback), else ``"unknown"`` — never the
-client's string; ``backend`` is a backend's name; ``status``, ``type``,
-``phase`` and ``outcome`` come from fixed sets.
+client's string — or, for ``nexus_backend_model_loaded``, a model the server
+holds in memory; ``backend`` is a backend's name; ``status``, ``type``,
+``phase``, ``outcome`` and ``state`` come from fixed sets.
 """
 
 from __future__ import annotations
@@ -169,6 +172,24 @@ class _FleetCollector(Collector):
             "The backend's recent time to first token (moving average).",
             labels=["backend"],
         )
+        engine_requests = GaugeMetricFamily(
+            "nexus_backend_engine_requests",
+            "Requests the backend's server says it has, any client's: state=running (being "
+            "generated) or waiting (queued inside it). Only for servers that report it.",
+            labels=["backend", "state"],
+        )
+        kv_cache = GaugeMetricFamily(
+            "nexus_backend_kv_cache_usage_ratio",
+            "Share of its KV cache the backend's server says is in use, 0 to 1. Only for "
+            "servers that report it.",
+            labels=["backend"],
+        )
+        model_loaded = GaugeMetricFamily(
+            "nexus_backend_model_loaded",
+            "1 for each model the backend's server says it holds in memory (a request for "
+            "it starts without loading it). Only for servers that tell.",
+            labels=["backend", "model"],
+        )
         available: set[str] = set()
         for backend in self._registry:
             up.add_metric([backend.name], 1.0 if backend.routable else 0.0)
@@ -177,9 +198,25 @@ class _FleetCollector(Collector):
                 latency.add_metric([backend.name], backend.ttft_ewma_seconds)
             if backend.routable:
                 available.update(backend.models)
+            report = backend.engine
+            if report is None:
+                continue
+            if report.running is not None:
+                engine_requests.add_metric([backend.name, "running"], report.running)
+            if report.waiting is not None:
+                engine_requests.add_metric([backend.name, "waiting"], report.waiting)
+            if report.kv_cache_usage is not None:
+                kv_cache.add_metric([backend.name], report.kv_cache_usage)
+            # A server's loaded models are among those it lists, so the label set stays
+            # as bounded as the models' own.
+            for name in sorted({m.name for m in report.loaded or ()}):
+                model_loaded.add_metric([backend.name, name], 1.0)
         yield up
         yield in_flight
         yield latency
+        yield engine_requests
+        yield kv_cache
+        yield model_loaded
         yield GaugeMetricFamily(
             "nexus_models_available", "Models at least one backend in rotation serves.",
             value=len(available),
