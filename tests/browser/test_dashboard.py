@@ -194,6 +194,55 @@ async def test_fleet_live_requests_failover_and_outage(
     assert console == []
 
 
+def engine_cell(page: Page, name: str) -> Locator:
+    return backend_row(page, name).locator('[data-field="engine"]')
+
+
+async def test_engine_load_and_loaded_models_show_live(
+    start_demo: StartDemo, chromium: str
+) -> None:
+    demo = await start_demo()
+    vllm, llamacpp = demo.sim("demo-vllm"), demo.sim("demo-llamacpp")
+    console: list[str] = []
+
+    async def other_clients_arrive() -> None:
+        # Requests Nexus did not send: only each server's own report shows them. The vLLM
+        # runs 4 at once, so 2 of its 6 wait; the llama.cpp server has 1 of 2 slots busy.
+        vllm.parallel, vllm.busy_elsewhere = 4, 6
+        llamacpp.busy_elsewhere = 1
+
+    def script() -> None:
+        with open_dashboard(chromium, demo.url, console) as page:
+            expect(connection(page)).to_have_attribute("data-state", "connected")
+            # As each server says of itself (vLLM /metrics, llama.cpp /slots, Ollama
+            # /api/ps), read every second.
+            expect(engine_cell(page, "demo-vllm")).to_have_text("0 running · 0 waiting · KV 0%")
+            expect(engine_cell(page, "demo-llamacpp")).to_have_text("0/2 slots busy")
+            expect(engine_cell(page, "demo-ollama")).to_have_text("no model loaded")
+
+            # Live, without a reload: other clients' load, Nexus's own in flight still 0.
+            call_trio(other_clients_arrive)
+            vllm_row = backend_row(page, "demo-vllm")
+            expect(engine_cell(page, "demo-vllm")).to_have_text("4 running · 2 waiting · KV 100%")
+            expect(vllm_row.locator("td.num").first).to_have_text("0")
+            expect(engine_cell(page, "demo-llamacpp")).to_have_text("1/2 slots busy")
+
+            # A request loads its model into the Ollama: it shows as loaded, with the time
+            # the server unloads it if nothing uses it (Ollama's keep-alive).
+            assert call_trio(demo.chat, "llava:7b", stream=False).status_code == 200
+            chip = engine_cell(page, "demo-ollama").locator("[data-loaded-model]")
+            expect(chip).to_have_text("llava:7b")
+            expect(chip).to_have_attribute(
+                "title",
+                re.compile(r"^llava:7b: loaded until \d\d:\d\d:\d\d \(\d+ min left if unused\)$"),
+            )
+            # Text, like every name on the page.
+            assert page.locator("img, script:not([src])").count() == 0
+
+    await trio.to_thread.run_sync(script)
+    assert console == []
+
+
 async def test_names_from_the_network_render_as_text(
     start_demo: StartDemo, chromium: str, nursery: trio.Nursery
 ) -> None:

@@ -126,10 +126,18 @@
   // An ejected backend says how many seconds from now it returns; the page turns that
   // into deadlines on its own clocks when the message arrives, so the server's clock
   // never has to agree with this one.
+  // The same for the models a server holds: each says in how many seconds it unloads.
   function received(backend) {
     if (typeof backend.ejected_seconds === "number") {
       backend.returnsAt = performance.now() + backend.ejected_seconds * 1000;
       backend.returnsAtTime = Date.now() / 1000 + backend.ejected_seconds;
+    }
+    const loaded = backend.engine && Array.isArray(backend.engine.loaded) ? backend.engine.loaded : [];
+    for (const m of loaded) {
+      if (typeof m.expires_in_seconds === "number") {
+        m.expiresAt = performance.now() + m.expires_in_seconds * 1000;
+        m.expiresAtTime = Date.now() / 1000 + m.expires_in_seconds;
+      }
     }
     return backend;
   }
@@ -145,6 +153,76 @@
       const at = Number(node.getAttribute("data-returns-at"));
       node.textContent = fmtReturn(at, Number(node.getAttribute("data-returns-at-time")));
     }
+    for (const node of dom.backendsBody.querySelectorAll("[data-expires-at]")) {
+      const at = Number(node.getAttribute("data-expires-at"));
+      node.title = fmtExpiry(node.textContent, at, Number(node.getAttribute("data-expires-at-time")));
+    }
+  }
+
+  // ---- engine load: what each server says of itself ------------------------------------
+
+  // "3 running · 2 waiting · KV 45%" (vLLM, llama.cpp's /metrics), "1/2 slots busy"
+  // (llama.cpp's /slots); only what the server said. Empty when it said none of these.
+  function engineLoadParts(e) {
+    const parts = [];
+    const known = (v) => typeof v === "number";
+    if (known(e.slots) && known(e.running)) {
+      parts.push(`${fmtNumber(e.running)}/${fmtNumber(e.slots)} slots busy`);
+      if (e.waiting) parts.push(`${fmtNumber(e.waiting)} waiting`);
+    } else {
+      if (known(e.running)) parts.push(`${fmtNumber(e.running)} running`);
+      if (known(e.waiting)) parts.push(`${fmtNumber(e.waiting)} waiting`);
+    }
+    if (known(e.kv_cache_usage)) parts.push(`KV ${Math.round(e.kv_cache_usage * 100)}%`);
+    return parts;
+  }
+
+  function fmtExpiry(model, expiresAt, expiresAtTime) {
+    const left = Math.ceil((expiresAt - performance.now()) / 1000);
+    if (left <= 0) return `${model}: loaded, unloads any moment`;
+    const inTime = left < 60 ? `${left} s` : `${Math.round(left / 60)} min`;
+    return `${model}: loaded until ${fmtTime(expiresAtTime)} (${inTime} left if unused)`;
+  }
+
+  function engineCell(b) {
+    const e = b.engine;
+    if (!e) return cell(null); // the server tells nothing of its load, or was not read
+    const wrap = el("div", "engine");
+    const parts = engineLoadParts(e);
+    if (parts.length) {
+      // Each part whole on a line; a narrow column breaks between them.
+      const text = el("span", "engine-load");
+      text.setAttribute("data-field", "engine-load");
+      parts.forEach((part, i) => {
+        if (i) text.appendChild(document.createTextNode(" · "));
+        text.appendChild(el("span", "engine-part", part));
+      });
+      wrap.appendChild(text);
+    }
+    if (Array.isArray(e.loaded)) {
+      if (e.loaded.length === 0) {
+        wrap.appendChild(el("span", "muted", "no model loaded"));
+      } else {
+        const warm = el("span", "chips");
+        warm.setAttribute("data-field", "loaded");
+        for (const m of e.loaded) {
+          const chip = el("span", "chip chip-warm", m.model);
+          chip.setAttribute("data-loaded-model", "");
+          if (m.expiresAt !== undefined) {
+            chip.setAttribute("data-expires-at", String(m.expiresAt));
+            chip.setAttribute("data-expires-at-time", String(m.expiresAtTime));
+            chip.title = fmtExpiry(m.model, m.expiresAt, m.expiresAtTime);
+          } else {
+            chip.title = `${m.model}: loaded`;
+          }
+          warm.appendChild(chip);
+        }
+        wrap.appendChild(warm);
+      }
+    }
+    const td = cell(wrap.childNodes.length ? wrap : null);
+    td.setAttribute("data-field", "engine");
+    return td;
   }
 
   function backendRow(b) {
@@ -181,6 +259,7 @@
     if (others.length) source.appendChild(el("span", "muted", ` +${others.join(", ")}`));
     tr.appendChild(cell(source));
     tr.appendChild(cell(b.models && b.models.length ? chips(b.models, "chip") : null));
+    tr.appendChild(engineCell(b));
     tr.appendChild(cell(fmtNumber(b.in_flight), "num"));
     tr.appendChild(cell(fmtMs(b.latency_ms), "num"));
     return tr;
