@@ -42,6 +42,7 @@ async def watch_engine_load(
     paths = list(ENGINE_PATHS.get(backend.type, ())) if settings.enabled else []
     while paths:
         report: EngineReport | None = None
+        in_flight_before = backend.in_flight
         if backend.available:  # an unhealthy one is its health checks' business
             path, parse = paths[0]
             try:
@@ -53,7 +54,7 @@ async def watch_engine_load(
                         continue  # the next path now
             except BackendError as exc:
                 log.debug("backend %s: reading its load failed: %s", backend.name, exc.reason)
-        registry.record_engine_report(backend, report)
+        registry.record_engine_report(backend, report, in_flight_before)
         await trio.sleep(settings.interval_seconds * random.uniform(0.9, 1.1))
     if settings.enabled and backend.type in ENGINE_PATHS:
         log.info("backend %s reports no load (%s): Nexus counts its own", backend.name,

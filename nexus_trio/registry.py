@@ -306,7 +306,7 @@ class Backend:
     def queueing(self) -> bool:
         """Whether a request sent now would wait inside the server for one to finish: it
         runs as many as it can at once (its slots, or what it ran while others waited)."""
-        return self.in_flight + self.engine_others >= self.engine_capacity
+        return self.busy >= self.engine_capacity
 
     @property
     def load(self) -> float:
@@ -563,9 +563,12 @@ class Registry:
         if checkup.engine is not None:
             self.record_engine_report(backend, checkup.engine)
 
-    def record_engine_report(self, backend: Backend, report: EngineReport | None) -> None:
+    def record_engine_report(
+        self, backend: Backend, report: EngineReport | None, in_flight_before: int = 0
+    ) -> None:
         """Take in what the server said of its load (None: the read failed, so the last
-        report no longer holds). Published as an ``engine`` event when it differs from the
+        report no longer holds); ``in_flight_before``: Nexus's requests in flight there
+        when the read was sent. Published as an ``engine`` event when it differs from the
         last one; rosters are built again only when what is loaded changed."""
         previous, backend.engine = backend.engine, report
         if report is not None and report.slots is not None and report.slots != backend.slots:
@@ -574,12 +577,16 @@ class Registry:
         if report is None or report.running is None:
             backend.engine_others = 0
         else:
-            # What it counts beyond Nexus's own requests in flight: other clients' work.
+            # What it counts beyond Nexus's own requests: other clients' work. The server
+            # counted at some moment of the read, so Nexus's own are taken at their most
+            # over it: one of them that ended meanwhile is never taken for another client's
+            # (which would keep a free server "busy" until the next read).
             outstanding = report.running + (report.waiting or 0)
-            backend.engine_others = max(0, outstanding - backend.in_flight)
+            ours = max(in_flight_before, backend.in_flight)
+            backend.engine_others = max(0, outstanding - ours)
         self._set_engine_capacity(backend)
         loaded = None if report is None else report.loaded
-        warm = None if loaded is None else frozenset(m.name for m in loaded)
+        warm = None if report is None else report.warm_models
         memory = None if loaded is None else sum(m.size_bytes or 0 for m in loaded)
         if warm:
             backend.last_warm.update(dict.fromkeys(warm, time.monotonic()))
