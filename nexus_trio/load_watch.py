@@ -9,8 +9,10 @@ its load (`nexus_trio.backends.engine`) is read once, under
 (`Registry.record_engine_report`), where routing reads it. Never on a request's
 path: a request reads what the last cycle left.
 
-A read that fails or times out clears the backend's report (an old one would steer
-requests on stale numbers); its health checks decide whether it is down. A path
+A read that fails or times out leaves the last report standing for `KEEP_READS`
+intervals (a server too loaded to answer one read in time must not look idle), then
+clears it (older numbers would steer requests on a stale picture); its health checks
+decide whether it is down. A path
 the server does not expose is not asked again; a backend that exposes none is left
 alone. The health watcher of each backend runs this beside its probes
 (`nexus_trio.health`), so it lives exactly as long as the backend is watched.
@@ -29,9 +31,13 @@ from nexus_trio.config import EngineLoadSettings
 from nexus_trio.errors import BackendError
 from nexus_trio.registry import Backend, EngineReport, Registry
 
-__all__ = ["watch_engine_load"]
+__all__ = ["KEEP_READS", "watch_engine_load"]
 
 log = logging.getLogger("nexus.load")
+
+# Intervals a report still holds when reads of it fail: a server too busy to answer one
+# read in time is no idle server; one that has not answered for this long says nothing.
+KEEP_READS = 3
 
 
 async def watch_engine_load(
@@ -40,6 +46,7 @@ async def watch_engine_load(
     """Read ``backend``'s load every interval until cancelled; return at once when it is
     off or the type tells nothing, and once the server exposes none of its paths."""
     paths = list(ENGINE_PATHS.get(backend.type, ())) if settings.enabled else []
+    last_read = trio.current_time()
     while paths:
         report: EngineReport | None = None
         in_flight_before = backend.in_flight
@@ -54,7 +61,12 @@ async def watch_engine_load(
                         continue  # the next path now
             except BackendError as exc:
                 log.debug("backend %s: reading its load failed: %s", backend.name, exc.reason)
-        registry.record_engine_report(backend, report, in_flight_before)
+        now = trio.current_time()
+        if report is not None:
+            last_read = now
+            registry.record_engine_report(backend, report, in_flight_before)
+        elif now - last_read >= KEEP_READS * settings.interval_seconds:
+            registry.record_engine_report(backend, None)
         await trio.sleep(settings.interval_seconds * random.uniform(0.9, 1.1))
     if settings.enabled and backend.type in ENGINE_PATHS:
         log.info("backend %s reports no load (%s): Nexus counts its own", backend.name,

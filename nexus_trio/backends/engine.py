@@ -159,6 +159,18 @@ def _bytes(value: object) -> int | None:
     return value if ok else None  # type: ignore[return-value]
 
 
+def _named_entries(payload: Any, key: str, name: str) -> list[dict[str, Any]]:
+    """The objects in ``payload[key]`` that carry a string ``name``.
+
+    Raises:
+        ValueError: ``payload`` has no ``key`` array.
+    """
+    entries = payload.get(key) if isinstance(payload, dict) else None
+    if not isinstance(entries, list):
+        raise ValueError(f"expected an object with a {key!r} array")
+    return [e for e in entries if isinstance(e, dict) and isinstance(e.get(name), str)]
+
+
 def parse_ollama_ps(payload: Any) -> EngineReport:
     """The models Ollama holds in memory now, until when, and how much each takes, from
     ``GET /api/ps``.
@@ -166,13 +178,9 @@ def parse_ollama_ps(payload: Any) -> EngineReport:
     Raises:
         ValueError: no ``models`` array.
     """
-    entries = payload.get("models") if isinstance(payload, dict) else None
-    if not isinstance(entries, list):
-        raise ValueError("expected an object with a 'models' array")
     loaded = tuple(
         LoadedModel(e["name"], _epoch(e.get("expires_at")), _bytes(e.get("size")))
-        for e in entries
-        if isinstance(e, dict) and isinstance(e.get("name"), str)
+        for e in _named_entries(payload, "models", "name")
     )
     return EngineReport(loaded=loaded)
 
@@ -183,15 +191,10 @@ def parse_lmstudio_models(payload: Any) -> EngineReport:
     Raises:
         ValueError: no ``data`` array.
     """
-    entries = payload.get("data") if isinstance(payload, dict) else None
-    if not isinstance(entries, list):
-        raise ValueError("expected an object with a 'data' array")
-    loaded = tuple(
-        LoadedModel(e["id"])
-        for e in entries
-        if isinstance(e, dict) and isinstance(e.get("id"), str) and e.get("state") == "loaded"
+    entries = _named_entries(payload, "data", "id")
+    return EngineReport(
+        loaded=tuple(LoadedModel(e["id"]) for e in entries if e.get("state") == "loaded")
     )
-    return EngineReport(loaded=loaded)
 
 
 def _text(parse: Callable[[str], EngineReport]) -> Callable[[httpx.Response], EngineReport]:

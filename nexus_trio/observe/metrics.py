@@ -209,7 +209,7 @@ class _FleetCollector(Collector):
                 kv_cache.add_metric([backend.name], report.kv_cache_usage)
             # A server's loaded models are among those it lists, so the label set stays
             # as bounded as the models' own.
-            for name in sorted({m.name for m in report.loaded or ()}):
+            for name in sorted(report.warm_models or ()):
                 model_loaded.add_metric([backend.name, name], 1.0)
         yield up
         yield in_flight
