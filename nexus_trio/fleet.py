@@ -39,7 +39,7 @@ from nexus_trio.backends.listing import OllamaShowCache
 from nexus_trio.config import BackendType, Settings
 from nexus_trio.discovery.found import Found
 from nexus_trio.errors import BackendExists, NexusError, NotAServer
-from nexus_trio.registry import Backend, Registry, api_root, endpoint_of
+from nexus_trio.registry import Backend, Registry, api_root, default_zone, endpoint_of
 
 __all__ = [
     "Fleet",
@@ -251,6 +251,7 @@ class Fleet:
             type=kind,
             priority=priority if priority is not None else 1,
             sources={found.source},
+            zone=default_zone(kind),
         )
         # Checked before it is added: routable the moment it appears, models listed.
         health = self.settings.health_check

@@ -49,6 +49,7 @@ from nexus_trio.config import (
     BackendType,
     HealthCheckSettings,
     ModelOverride,
+    Zone,
 )
 from nexus_trio.errors import BackendError, BackendStatus
 
@@ -68,6 +69,7 @@ __all__ = [
     "Secret",
     "Slot",
     "Source",
+    "default_zone",
     "endpoint_of",
 ]
 
@@ -222,6 +224,9 @@ class Backend:
     memory_in_use: int | None = None
     first_token_seconds: float | None = None  # overrides of routing.timeouts
     stream_idle_seconds: float | None = None
+    zone: Zone = Zone.LOCAL  # cloud backends never serve work that must stay local
+    price_input_per_mtok: float = 0.0  # USD per million prompt tokens
+    price_output_per_mtok: float = 0.0  # USD per million completion tokens
     health: Health = Health.UNKNOWN
     health_detail: str = ""
     in_flight: int = 0  # requests sent and not yet over; changed by `Slot` only
@@ -254,6 +259,9 @@ class Backend:
             model_overrides=settings.models,
             first_token_seconds=settings.first_token_seconds,
             stream_idle_seconds=settings.stream_idle_seconds,
+            zone=settings.zone or default_zone(settings.type),
+            price_input_per_mtok=settings.price_input_per_mtok,
+            price_output_per_mtok=settings.price_output_per_mtok,
         )
 
     @property
@@ -321,6 +329,12 @@ class Backend:
     @property
     def saturated(self) -> bool:
         return self.max_concurrency is not None and self.in_flight >= self.max_concurrency
+
+
+def default_zone(kind: BackendType) -> Zone:
+    """A backend's zone unless configured: hosted APIs (type openai) are cloud; every
+    self-hosted server type is local."""
+    return Zone.CLOUD if kind is BackendType.OPENAI else Zone.LOCAL
 
 
 _LOOPBACK = "loopback"

@@ -286,6 +286,7 @@ def test_env_table_comes_from_the_schema() -> None:
         "NEXUS_LOG_FORMAT": "logging.format",
         "NEXUS_STREAM_UPSTREAM": "routing.stream_upstream",
         "NEXUS_ENGINE_LOAD": "routing.engine_load.enabled",
+        "NEXUS_AUTH": "auth.enabled",
     }
     assert set(ENV_VARS.values()) <= set(OVERRIDE_KEYS)
     assert "routing.timeouts.connect_seconds" in OVERRIDE_KEYS

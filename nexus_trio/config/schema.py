@@ -49,6 +49,7 @@ __all__ = [
     "DEFAULT_SERVICE_TYPES",
     "MAX_ALIAS_HOPS",
     "AffinitySettings",
+    "AuthSettings",
     "BackendSettings",
     "BackendType",
     "DiscoverySettings",
@@ -58,11 +59,16 @@ __all__ = [
     "LoggingSettings",
     "MidStream",
     "ModelOverride",
+    "Priority",
+    "Privacy",
+    "QueueSettings",
     "RoutingSettings",
     "ServerSettings",
     "Settings",
+    "StoreSettings",
     "Strategy",
     "TimeoutSettings",
+    "Zone",
 ]
 
 MAX_ALIAS_HOPS: Final = 3
@@ -95,6 +101,28 @@ class LogFormat(enum.StrEnum):
 
     PRETTY = "pretty"
     JSON = "json"
+
+
+class Zone(enum.StrEnum):
+    """Where a backend runs, for privacy: requests that must stay local never reach cloud."""
+
+    LOCAL = "local"
+    CLOUD = "cloud"
+
+
+class Privacy(enum.StrEnum):
+    """Which zones may serve a key's (or a request's) work."""
+
+    LOCAL = "local"  # local backends only, never a cloud one
+    ANY = "any"
+
+
+class Priority(enum.StrEnum):
+    """A key's place in the queue when backends are full (high before normal before low)."""
+
+    HIGH = "high"
+    NORMAL = "normal"
+    LOW = "low"
 
 
 class BackendType(enum.StrEnum):
@@ -625,6 +653,25 @@ class BackendSettings:
         default=None,
         example="60.0",
     )
+    zone: Zone | None = _key(
+        OrNone(Choice.of(Zone)),
+        "Where it runs, for privacy: keys and requests that must stay local are never "
+        "served by a cloud backend. Unset: cloud for type openai, local for the rest.",
+        default=None,
+        example='"cloud"',
+    )
+    price_input_per_mtok: float = _key(
+        _NOT_NEGATIVE,
+        "USD per million prompt tokens it serves, for usage costs and budgets.",
+        default=0.0,
+        example="0.15",
+    )
+    price_output_per_mtok: float = _key(
+        _NOT_NEGATIVE,
+        "USD per million completion tokens it serves.",
+        default=0.0,
+        example="0.60",
+    )
     models: Mapping[str, ModelOverride] = _key(
         Map(Table(ModelOverride), what="model id"),
         "What to believe about one of its models instead of what it reports.",
@@ -643,6 +690,56 @@ class BackendSettings:
         if self.api_key_env is None:
             return None
         return environ.get(self.api_key_env) or None
+
+
+@dataclass(frozen=True, slots=True)
+class AuthSettings:
+    """``[auth]``: API keys for the inference routes (``nexus keys``)."""
+
+    enabled: bool = _key(
+        Bool(),
+        "Every API route (OpenAI, Anthropic, Ollama, completions, embeddings, the dashboard's "
+        "data) needs a key made by `nexus keys create`; /health stays open. Off: no key is "
+        "needed and usage is recorded as 'anonymous'.",
+        default=False,
+        example="true",
+        env="NEXUS_AUTH",
+    )
+    metrics_need_key: bool = _key(
+        Bool(),
+        "With auth on, /metrics needs a key too.",
+        default=False,
+        example="true",
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSettings:
+    """``[queue]``: requests wait here when every backend that could serve them is full."""
+
+    max_size: int = _key(
+        Int(0, 1_000_000),
+        "Requests that may wait at once; one more gets HTTP 429 at once (0: no queue, full "
+        "backends answer 503 at once).",
+        default=1000,
+    )
+    max_wait_seconds: float = _key(
+        _NOT_NEGATIVE,
+        "The longest a request waits for a backend before HTTP 503 with Retry-After.",
+        default=30.0,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class StoreSettings:
+    """``[store]``: where keys and usage are kept."""
+
+    url: str | None = _key(
+        OrNone(Str(r"sqlite:///\S+", "sqlite:/// and a file path")),
+        "The database: sqlite:///path/to/nexus.db. Unset: nexus.db beside the state file.",
+        default=None,
+        example='"sqlite:///var/lib/nexus/nexus.db"',
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -667,6 +764,9 @@ class Settings:
         "How a request picks its backend, and what happens when that backend fails.",
     )
     logging: LoggingSettings = _table(LoggingSettings, "Log lines on stderr.")
+    auth: AuthSettings = _table(AuthSettings, "API keys: who may use Nexus, and their limits.")
+    queue: QueueSettings = _table(QueueSettings, "Waiting for a backend instead of a refusal.")
+    store: StoreSettings = _table(StoreSettings, "Where keys and usage are kept.")
     backends: tuple[BackendSettings, ...] = _key(
         ArrayOfTables(Table(BackendSettings)),
         "Backends to use besides those found by discovery; one [[backends]] table each.",
