@@ -1,0 +1,1 @@
+"""Who may use the fleet and how much: keys, limits, budgets, privacy, the queue."""
