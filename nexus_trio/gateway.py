@@ -12,7 +12,10 @@ from nexus_trio.config import Settings
 from nexus_trio.drain import Drain
 from nexus_trio.instance import new_instance_id
 from nexus_trio.observe import Observer
+from nexus_trio.policy.keyring import Keyring
 from nexus_trio.registry import Registry
+from nexus_trio.store.base import Store
+from nexus_trio.store.memory import MemoryStore
 from nexus_trio.upstream.client import UpstreamClient
 
 if TYPE_CHECKING:
@@ -37,6 +40,12 @@ class Gateway:
     demo_fleet: list[SimulatedBackend] = field(default_factory=list)  # `nexus serve --demo`
     # Sent on every response as X-Nexus-Via: detection refuses a server that answers with it.
     instance_id: str = field(default_factory=new_instance_id)
+    # Keys and usage: the store they outlive the process in, and the keys in memory.
+    store: Store = field(default_factory=MemoryStore)
+    keyring: Keyring = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.keyring = Keyring(self.store)
 
     @property
     def draining(self) -> bool:

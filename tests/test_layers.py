@@ -26,6 +26,8 @@ LAYERS: dict[str, int] = {
     "config": 1,
     "logs": 2,
     "registry": 2,
+    "policy": 3,  # keys, limits, budgets, privacy, the queue
+    "store": 4,  # where keys and usage outlive the process
     "catalog": 3,
     "upstream": 3,
     "backends": 4,

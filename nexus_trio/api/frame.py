@@ -40,6 +40,7 @@ from nexus_trio.observe import (
     STREAM_INCOMPLETE,
     RequestRecord,
 )
+from nexus_trio.policy.keys import ANONYMOUS, Caller
 from nexus_trio.proxy.exchange import Exchange, Outcome
 from nexus_trio.proxy.forward import forward_chat
 from nexus_trio.proxy.writer import KEEP_ALIVE_SECONDS, Writer
@@ -239,10 +240,12 @@ async def serve_inference(
                     beats = trio.CancelScope()
                     if dialect.keeps_alive:
                         nursery.start_soon(_keep_alive, writer, beats)
+                    caller = ANONYMOUS
                     try:
                         await _route_and_forward(
-                            gateway, chat, request_id, writer, outcome, _session_header(scope)
-                        )
+                            gateway, chat, request_id, writer, outcome, caller,
+                            _session_header(scope),
+                        )  # fmt: skip
                     finally:
                         beats.cancel()
                 except NexusError as exc:
@@ -309,15 +312,17 @@ async def _route_and_forward(
     request_id: str,
     writer: Writer,
     outcome: Outcome,
+    caller: Caller = ANONYMOUS,
     session: str | None = None,
 ) -> None:
-    """Route ``chat`` (waiting for a backend if none can take it yet) and forward it."""
+    """Route ``chat`` for ``caller`` (waiting for a backend if none can take it yet) and
+    forward it."""
     routing = gateway.settings.routing
     conversation = None
     if routing.affinity.enabled and routing.strategy is Strategy.SMART and not chat.needs.embedding:
         conversation = conversation_key(chat.payload, session, chat.session)
     decision = await plan_route_patiently(
-        chat.needs, gateway.registry, routing, conversation=conversation
+        chat.needs, gateway.registry, routing, conversation=conversation, caller=caller
     )
     outcome.affinity = decision.affinity
     exchange = Exchange(

@@ -8,14 +8,13 @@ from the moment `revoke` returns. The one owner of the keys in this process.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, Protocol
 
 from nexus_trio.policy.keys import KeyRecord, hash_key, key_matches, new_key, shown_prefix
-from nexus_trio.store.base import Store
 
-__all__ = ["KeyExists", "Keyring", "UnknownKey"]
+__all__ = ["KeyExists", "KeyStore", "Keyring", "UnknownKey"]
 
 
 class KeyExists(ValueError):
@@ -26,10 +25,18 @@ class UnknownKey(KeyError):
     """No key has that name."""
 
 
+class KeyStore(Protocol):
+    """What the keyring needs of a store (`nexus_trio.store.base.Store` has it)."""
+
+    async def load_keys(self) -> Sequence[KeyRecord]: ...
+
+    async def save_key(self, record: KeyRecord) -> None: ...
+
+
 class Keyring:
     """Keys by name and by hash; `open` loads them from the store."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: KeyStore) -> None:
         self._store = store
         self._by_name: dict[str, KeyRecord] = {}
         self._by_hash: dict[str, KeyRecord] = {}

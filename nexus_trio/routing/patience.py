@@ -21,6 +21,7 @@ import trio
 
 from nexus_trio.config import RoutingSettings
 from nexus_trio.errors import BackendsBusy, NoHealthyBackend
+from nexus_trio.policy.keys import ANONYMOUS, Caller
 from nexus_trio.registry import Registry
 from nexus_trio.routing.affinity import ConversationKey, prefer
 from nexus_trio.routing.requirements import Requirements
@@ -57,12 +58,15 @@ async def plan_route_patiently(
     admit: Callable[[Candidate], bool] | None = None,
     wait_seconds: float | None = None,
     conversation: ConversationKey | None = None,
+    caller: Caller = ANONYMOUS,
 ) -> RouteDecision:
     """`plan_route`, waiting up to ``wait_seconds`` (``routing.wait_for_backend_seconds``
     by default) for a backend to come back into rotation when none is in it.
 
     ``conversation``, when given, is what the request is known by for affinity: the
     backend the registry's table says served it is preferred (`plan_route`).
+
+    ``caller`` is who sent the request (its key's name and priority).
 
     ``admit``, when given, keeps only the candidates it accepts (a failover leaving out
     the backends it has tried); a decision with none left counts as none in rotation.

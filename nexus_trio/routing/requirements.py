@@ -30,6 +30,7 @@ class Requirements:
     fim: bool = False  # fill in the middle (a completion with a suffix)
     embedding: bool = False  # an embeddings request: the model must embed, not generate
     context_tokens: int = 0  # estimated prompt tokens + requested completion tokens
+    local_only: bool = False  # never a cloud backend (privacy: the key's, or the request's)
 
 
 @dataclass(frozen=True, slots=True)
