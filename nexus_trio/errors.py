@@ -17,9 +17,17 @@ its message says what to do next::
     │   ├── BackendExists           409  admin: that name or server is registered already
     │   └── NotAServer              422  admin/discovery: nothing LLM-like answers there
     ├── AdminForbidden              403  admin API from elsewhere without the token
+    ├── Unauthorized                401  invalid_api_key: no key, an unknown or a revoked one
+    ├── ModelNotAllowed             403  model_not_allowed: the key may not use that model
+    ├── Refused                     429  with Retry-After: this caller, not the fleet
+    │   ├── RateLimited             429  rate_limit_exceeded: rpm, tpm or concurrency
+    │   ├── BudgetExceeded          429  insufficient_quota: the key's budget is spent
+    │   └── QueueFull               429  queue_full: too many requests wait already
     ├── RequestLoop                 508  loop_detected: a request this Nexus sent itself
     ├── NoHealthyBackend            503  with Retry-After
     │   ├── BackendsBusy            503  backends_busy: all at max_concurrency
+    │   ├── QueueTimeout            503  queue_timeout: waited [queue] max_wait_seconds
+    │   ├── NoLocalBackend          503  no_local_backend: must stay local, none can serve
     │   └── ShuttingDown            503  shutting_down: Nexus is draining
     └── BackendError                502  one upstream attempt failed
         ├── BackendUnreachable      502  connect refused, reset, DNS
@@ -56,18 +64,26 @@ __all__ = [
     "BackendUnreachable",
     "BackendsBusy",
     "BodyTooLarge",
+    "BudgetExceeded",
     "ConfigError",
     "ContextLengthExceeded",
     "MethodNotAllowed",
     "ModelCannotServe",
+    "ModelNotAllowed",
     "ModelNotFound",
     "NexusError",
     "NoHealthyBackend",
+    "NoLocalBackend",
     "NotAServer",
+    "QueueFull",
+    "QueueTimeout",
+    "RateLimited",
+    "Refused",
     "RequestError",
     "RequestLoop",
     "ResponseNotKept",
     "ShuttingDown",
+    "Unauthorized",
     "error_body",
 ]
 
@@ -193,6 +209,55 @@ class AdminForbidden(NexusError):
     code = "admin_forbidden"
 
 
+class Unauthorized(NexusError):
+    """No API key, or one Nexus does not know (never made, or revoked)."""
+
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_api_key"
+
+
+class ModelNotAllowed(NexusError):
+    """The key may use some models, not this one."""
+
+    status = 403
+    type = "permission_error"
+    code = "model_not_allowed"
+
+
+class Refused(NexusError):
+    """This caller must wait (its limits, its budget, a full queue): HTTP 429 with
+    ``Retry-After``, where the fleet itself may be fine."""
+
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after_seconds: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after_seconds = max(1, retry_after_seconds)
+
+    def headers(self) -> list[tuple[str, str]]:
+        return [("retry-after", str(self.retry_after_seconds))]
+
+
+class RateLimited(Refused):
+    """Over the key's requests per minute, tokens per minute or concurrent requests."""
+
+
+class BudgetExceeded(Refused):
+    """The key has spent its budget for the period (OpenAI's code for it)."""
+
+    type = "insufficient_quota"
+    code = "insufficient_quota"
+
+
+class QueueFull(Refused):
+    """The queue of requests waiting for a backend holds ``[queue] max_size`` already."""
+
+    code = "queue_full"
+
+
 class RequestLoop(NexusError):
     """A request that carries this Nexus's own ``X-Nexus-Via``: a backend's URL leads back
     here, and forwarding it again would only loop (HTTP 508, Loop Detected)."""
@@ -221,6 +286,19 @@ class BackendsBusy(NoHealthyBackend):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, retry_after_seconds=1)
+
+
+class QueueTimeout(NoHealthyBackend):
+    """The request waited ``[queue] max_wait_seconds`` for a backend with room."""
+
+    code = "queue_timeout"
+
+
+class NoLocalBackend(NoHealthyBackend):
+    """The request must stay on local backends (its key's privacy, or X-Nexus-Privacy),
+    and none of them can serve it; it is never sent to a cloud one instead."""
+
+    code = "no_local_backend"
 
 
 class ShuttingDown(NoHealthyBackend):
