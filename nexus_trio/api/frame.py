@@ -25,11 +25,12 @@ from __future__ import annotations
 
 import logging
 import uuid
+from dataclasses import replace
 from typing import Any
 
 import trio
 
-from nexus_trio.config import Strategy
+from nexus_trio.config import Privacy, Strategy
 from nexus_trio.dialects import Dialect
 from nexus_trio.errors import BodyTooLarge, NexusError, RequestLoop, ShuttingDown
 from nexus_trio.gateway import Gateway
@@ -241,6 +242,8 @@ async def serve_inference(
                     if dialect.keeps_alive:
                         nursery.start_soon(_keep_alive, writer, beats)
                     caller = ANONYMOUS
+                    if _must_stay_local(scope, caller):
+                        chat = replace(chat, needs=replace(chat.needs, local_only=True))
                     try:
                         await _route_and_forward(
                             gateway, chat, request_id, writer, outcome, caller,
@@ -294,6 +297,17 @@ async def serve_inference(
 
 
 _SESSION_HEADERS = (b"x-session-id", b"x-claude-code-session-id")
+PRIVACY_HEADER = b"x-nexus-privacy"
+
+
+def _must_stay_local(scope: Scope, caller: Caller) -> bool:
+    """Whether the request may reach local backends only: its key says so, or the client
+    asks with ``X-Nexus-Privacy: local``. A header can narrow what a key may do, never
+    widen it (``any`` on a local-only key changes nothing)."""
+    if caller.privacy is Privacy.LOCAL:
+        return True
+    asked = _header(scope, PRIVACY_HEADER)
+    return asked is not None and asked.strip().lower() == b"local"
 
 
 def _session_header(scope: Scope) -> str | None:
