@@ -20,24 +20,18 @@ import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nexus_trio.cli_client import (
-    MAX_CELL_WIDTH,
+from nexus_trio.cli.backends import BackendStatus, render_backend, render_backends
+from nexus_trio.cli.client import (
     TOKEN_ENV_VAR,
-    BackendStatus,
     ClientError,
     Target,
     call,
-    clean,
-    display_width,
-    render_backend,
-    render_backends,
-    render_health,
-    render_json,
-    render_models,
-    render_table,
     resolve_target,
     server_url,
 )
+from nexus_trio.cli.health import render_health
+from nexus_trio.cli.models import render_models
+from nexus_trio.cli.output import MAX_CELL_WIDTH, clean, display_width, render_json, render_table
 from nexus_trio.config import ENV_VARS, Settings, settings_from_mapping
 from nexus_trio.registry import Health
 from nexus_trio.testing import Flavor

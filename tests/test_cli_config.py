@@ -15,7 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from nexus_trio.cli import COMPLETE_VAR, app
-from nexus_trio.cli_config import render_config
+from nexus_trio.cli.config import render_config
 from nexus_trio.config import Settings, load_settings, schema_keys, settings_from_mapping
 
 NEXUS = [sys.executable, "-m", "nexus_trio"]

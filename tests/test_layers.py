@@ -42,10 +42,7 @@ LAYERS: dict[str, int] = {
     "gateway": 7,
     "api": 8,
     "supervisor": 9,
-    "cli_advertise": 10,
-    "cli_client": 10,
-    "cli_config": 10,
-    "cli": 11,
+    "cli": 11,  # the `nexus` command, its client of the admin API included
     "__main__": 12,
 }
 

@@ -1,4 +1,4 @@
-"""``nexus config init``: a commented ``nexus.toml`` generated from the settings schema.
+"""``nexus config init``: writes a commented ``nexus.toml`` generated from the settings schema.
 
 The file is produced by walking `nexus_trio.config.schema_keys` (the same fields the loader
 reads), and every comment in it is a key's description from the schema, so a key added to
@@ -17,13 +17,15 @@ from __future__ import annotations
 import sys
 import textwrap
 from pathlib import Path
-from typing import Final
+from typing import Annotated, Final
+
+import typer
 
 from nexus_trio import __version__
-from nexus_trio.config import SchemaKey, schema_keys
+from nexus_trio.config import DEFAULT_CONFIG_FILE, SchemaKey, schema_keys
 from nexus_trio.config.toml_text import toml_key, toml_string, toml_value
 
-__all__ = ["ConfigInitError", "render_config", "write_config"]
+__all__ = ["ConfigInitError", "config_init", "group", "render_config", "write_config"]
 
 WRAP_COLUMNS: Final = 92
 MINIMAL_SERVER_KEYS: Final = ("host", "port")
@@ -207,3 +209,38 @@ def write_config(text: str, output: str, *, force: bool = False) -> Path | None:
     except OSError as exc:
         raise ConfigInitError(f"cannot write {output}: {exc.strerror or exc}") from exc
     return path
+
+
+# ---------------------------------------------------------------------------------------------
+# The command.
+
+group = typer.Typer(name="config", help="Write a configuration file.", no_args_is_help=True)
+
+
+@group.command("init")
+def config_init(
+    output: Annotated[
+        str, typer.Option("--output", "-o", help="File to write; '-' for standard output.")
+    ] = DEFAULT_CONFIG_FILE,
+    force: Annotated[
+        bool, typer.Option("--force", help="Overwrite the file if it exists.")
+    ] = False,
+    minimal: Annotated[
+        bool,
+        typer.Option("--minimal", help="Only the server's host and port, and a backend example."),
+    ] = False,
+) -> None:
+    """Write a commented nexus.toml holding the defaults, ready to edit."""
+    text = render_config(minimal=minimal)
+    try:
+        path = write_config(text, output, force=force)
+    except ConfigInitError as exc:
+        typer.echo(f"nexus: error: {exc.message}", err=True)
+        raise typer.Exit(code=1) from None
+    if path is None:
+        return  # written to stdout: nothing else may go there
+    if path.resolve() == Path(DEFAULT_CONFIG_FILE).resolve():
+        hint = "`nexus serve` in this directory reads it"
+    else:
+        hint = f"use it with `nexus serve --config {output}`"
+    typer.echo(f"Wrote {path.resolve()}; {hint}.")
