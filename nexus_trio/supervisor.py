@@ -3,7 +3,9 @@
 ::
 
     serve_nexus
+    ├── store            keys and usage (SQLite), open around everything else
     └── root nursery
+        ├── store writer usage written in batches, off the event loop
         ├── signals      SIGINT/SIGTERM → stop accepting, drain, exit
         ├── demo fleet   (--demo) simulated backends on loopback
         ├── fleet        merges what every source finds into the registry
@@ -14,7 +16,7 @@
 
 Tasks start in that order with ``nursery.start``, each reporting ready before
 the next begins, so the HTTP server opens on a registry that knows its
-models.
+models, and with the keys loaded from the store.
 
 Shutdown (the first SIGINT/SIGTERM, or ``stop``), in this order:
 
@@ -27,7 +29,9 @@ Shutdown (the first SIGINT/SIGTERM, or ``stop``), in this order:
 3. hypercorn's shutdown trigger fires only now: it stops accepting, closes idle
    connections and waits (``graceful_timeout``) for what is left, which is no
    chat stream, so it never cuts one; when it returns, the root is cancelled and
-   health, discovery and the fleet stop with it.
+   health, discovery and the fleet stop with it;
+4. the store writer writes the usage still queued, and the store is closed
+   (each bounded, even when Nexus is being cancelled).
 
 A second signal cuts the requests in flight at once (each still gets its error
 event, within a couple of seconds) and cancels the root. Either way
@@ -43,8 +47,10 @@ from __future__ import annotations
 import logging
 import os
 import signal
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import hypercorn.config
@@ -61,6 +67,7 @@ from nexus_trio.health import run_health
 from nexus_trio.instance import new_instance_id
 from nexus_trio.observe import Observer
 from nexus_trio.registry import Backend, Registry
+from nexus_trio.store import SqliteStore, store_for
 from nexus_trio.testing import SimulatedBackend, demo_fleet, serve_fleet
 from nexus_trio.upstream.client import open_upstream_client
 
@@ -73,6 +80,8 @@ log = logging.getLogger("nexus")
 
 # hypercorn's graceful_timeout, which starts after our drain: see _hypercorn_config.
 HTTP_CLOSE_SECONDS = 5.0
+# The longest closing the store may take (its last usage written) once the root is done.
+STORE_CLOSE_SECONDS = 5.0
 
 
 async def stop_on_signal(stop: trio.Event, drain: Drain, root: trio.CancelScope) -> None:
@@ -90,6 +99,19 @@ async def stop_on_signal(stop: trio.Event, drain: Drain, root: trio.CancelScope)
                 )
                 root.cancel()
                 return
+
+
+@asynccontextmanager
+async def _open_store(settings: Settings, state_dir: Path) -> AsyncIterator[SqliteStore]:
+    """The store, open; closed (what is queued written) within `STORE_CLOSE_SECONDS`,
+    even when Nexus is being cancelled."""
+    store = store_for(settings, state_dir)
+    await store.open()
+    try:
+        yield store
+    finally:
+        with trio.move_on_after(STORE_CLOSE_SECONDS, shield=True):
+            await store.close()
 
 
 def _hypercorn_config(settings: Settings) -> hypercorn.config.Config:
@@ -161,10 +183,14 @@ async def serve_nexus(
     backends = [Backend.from_settings(b, environ) for b in settings.backends]
     drain = Drain()
     instance_id = new_instance_id()
+    state_path = default_state_path(settings)
     async with (
+        # Outside the root: closed once every request has ended and recorded its usage.
+        _open_store(settings, state_path.parent) as store,
         open_upstream_client(settings.routing.timeouts.connect_seconds, instance_id) as client,
         trio.open_nursery() as root,
     ):
+        await root.start(store.run_writer)
         if handle_signals:
             root.start_soon(stop_on_signal, stop, drain, root.cancel_scope)
         fleet_sims = demo_fleet() if settings.demo else []
@@ -173,7 +199,7 @@ async def serve_nexus(
             backends += demo_backends(fleet_sims)
         registry = Registry(backends, settings.health_check, settings.routing.affinity)
         found, inbox = trio.open_memory_channel[Found](256)
-        state = StateFile(default_state_path(settings))
+        state = StateFile(state_path)
         fleet = await root.start(
             Fleet(registry, client, settings, state, instance_id=instance_id).run, inbox
         )
@@ -197,8 +223,9 @@ async def serve_nexus(
         )  # fmt: skip
         gateway = Gateway(
             settings, registry, client, Observer(settings, registry), fleet=fleet, drain=drain,
-            demo_fleet=fleet_sims, instance_id=instance_id,
+            demo_fleet=fleet_sims, instance_id=instance_id, store=store,
         )  # fmt: skip
+        await gateway.keyring.open()
         await root.start(gateway.observer.feed.run, registry, settings.routing, gateway.created)
         http_stop = trio.Event()  # hypercorn's shutdown trigger: set once we have drained
         binds = await root.start(_serve_http, gateway, http_stop, root.cancel_scope)

@@ -108,6 +108,9 @@ def nexus_config(
         "discovery": {"enabled": False, "interfaces": ["127.0.0.1"]},
         # Answer "no healthy backend" at once: tests/test_patience.py covers the wait.
         "routing": {"wait_for_backend_seconds": 0},
+        # Keys and usage in SQLite's in-memory database: nothing written beside the
+        # default state file, which is shared (the user's state directory).
+        "store": {"url": "sqlite:///:memory:"},
         "backends": [
             {"name": b.name, "url": b.url, "type": b.flavor.value, **options.get(b.name, {})}
             for b in backends
