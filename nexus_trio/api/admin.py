@@ -1,4 +1,4 @@
-"""``/admin/``: see and change the fleet of a running Nexus.
+"""``/admin/``: see and change the fleet of a running Nexus, its keys, and what they used.
 
 Who may call it: clients on loopback, unless ``server.admin_token`` (or
 ``NEXUS_ADMIN_TOKEN``) is set — then anyone with ``Authorization: Bearer
@@ -18,6 +18,14 @@ from urllib.parse import urlsplit
 import trio
 from quart import Blueprint, Response, jsonify, request
 
+from nexus_trio.api.admin_keys import (
+    key_view,
+    read_key_name,
+    read_limits,
+    read_since,
+    refusal,
+    usage_view,
+)
 from nexus_trio.catalog import model_entries
 from nexus_trio.config import BackendType
 from nexus_trio.discovery.found import Found
@@ -30,6 +38,7 @@ from nexus_trio.errors import (
 )
 from nexus_trio.gateway import Gateway
 from nexus_trio.observe.views import engine_view
+from nexus_trio.policy.keyring import KeyExists, UnknownKey
 from nexus_trio.registry import Backend
 
 __all__ = ["backend_view", "make_admin_blueprint"]
@@ -170,5 +179,66 @@ def make_admin_blueprint(gateway: Gateway) -> Blueprint:
                 ]
             }
         )
+
+    # -- keys and their usage -----------------------------------------------------------------
+
+    def unknown_key(name: str) -> RequestError:
+        return refusal(
+            f"No key is named {name!r}; GET /admin/keys lists them.",
+            status=404,
+            code="key_not_found",
+            param="name",
+        )
+
+    async def json_object() -> dict[str, Any]:
+        body = await request.get_json(force=True, silent=True)
+        if not isinstance(body, dict):
+            raise RequestError("Send a JSON object of the key's limits.")
+        return body
+
+    @admin.get("/keys")
+    async def list_keys() -> Response:
+        return jsonify({"keys": [key_view(record) for record in gateway.keyring]})
+
+    @admin.post("/keys")
+    async def create_key() -> tuple[Response, int]:
+        body = await json_object()
+        name = read_key_name(body.get("name"))
+        limits = read_limits(body, allowed=("name",))
+        try:
+            key, record = await gateway.keyring.create(name, **limits)
+        except KeyExists:
+            raise refusal(
+                f"A key named {name!r} exists already (revoked ones keep their name); "
+                "choose another name.",
+                status=409,
+                code="key_exists",
+                param="name",
+            ) from None
+        return jsonify({**key_view(record), "key": key}), 201  # the only time it is shown
+
+    @admin.patch("/keys/<path:name>")
+    async def update_key(name: str) -> Response:
+        limits = read_limits(await json_object())
+        try:
+            record = await gateway.keyring.update(name, **limits)
+        except UnknownKey:
+            raise unknown_key(name) from None
+        return jsonify(key_view(record))
+
+    @admin.delete("/keys/<path:name>")
+    async def revoke_key(name: str) -> Response:
+        try:
+            record = await gateway.keyring.revoke(name)
+        except UnknownKey:
+            raise unknown_key(name) from None
+        return jsonify(key_view(record))
+
+    @admin.get("/usage")
+    async def usage() -> Response:
+        since = read_since(request.args.get("since"))
+        key = request.args.get("key") or None
+        rows = await gateway.store.usage(since=since, key=key)
+        return jsonify(usage_view(rows))
 
     return admin

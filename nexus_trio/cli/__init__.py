@@ -6,6 +6,8 @@
 - ``backends``, ``models`` and ``health`` are clients of a running server: they share one
   admin-API client (`nexus_trio.cli.client`) and one way to print tables and ``--json``
   (`nexus_trio.cli.output`); a failure prints one line and exits with code 1.
+- ``keys`` makes, lists, changes and revokes API keys (`nexus_trio.cli.keys`); ``usage``
+  shows what they used (`nexus_trio.cli.usage`). Both are clients of a running server too.
 - ``config init`` writes a commented ``nexus.toml`` (`nexus_trio.cli.config`);
   ``completions`` prints a shell completion script (`nexus_trio.cli.completions`).
 
@@ -17,7 +19,17 @@ from __future__ import annotations
 
 import os
 
-from nexus_trio.cli import advertise, backends, completions, config, health, models, serve
+from nexus_trio.cli import (
+    advertise,
+    backends,
+    completions,
+    config,
+    health,
+    keys,
+    models,
+    serve,
+    usage,
+)
 from nexus_trio.cli._app import app
 from nexus_trio.cli.completions import COMPLETE_VAR, answer_completion
 
@@ -29,6 +41,8 @@ app.command("advertise")(advertise.advertise_command)
 app.add_typer(backends.group)
 app.command()(models.models)
 app.command()(health.health)
+app.command()(usage.usage)
+app.add_typer(keys.group)
 app.add_typer(config.group)
 app.command()(completions.completions)
 
