@@ -316,3 +316,29 @@ async def test_a_key_made_through_nexus_outlives_its_restart(
 
     await serve_once(make_key)
     await serve_once(find_key)
+
+
+async def test_a_failed_write_keeps_the_records_queued(tmp_path: Path) -> None:
+    failing = [True]
+
+    class Full(sqlite3.Connection):
+        def executemany(self, sql: str, rows: Any) -> sqlite3.Cursor:
+            if failing[0]:
+                raise sqlite3.OperationalError("database or disk is full")
+            return super().executemany(sql, rows)
+
+    path = tmp_path / "nexus.db"
+    store = SqliteStore(
+        path,
+        connect=lambda name: sqlite3.connect(
+            name, check_same_thread=False, isolation_level=None, factory=Full
+        ),
+    )
+    await store.open()
+    store.record_usage(used(1.0, cost=0.5))
+    with pytest.raises(sqlite3.OperationalError):
+        await store.flush()
+    assert await store.spent("alice", 0.0) == 0.5  # still counted, still queued
+    failing[0] = False
+    await store.close()
+    assert stored_rows(path) == 1

@@ -205,12 +205,15 @@ class SqliteStore:
         return conn
 
     async def close(self) -> None:
-        """Write what is queued, then close the file. A second call does nothing."""
+        """Write what is queued, then close the file (even when that write fails). A
+        second call does nothing."""
         if self._conn is None:
             return
-        await self.flush()
-        await self._run(lambda conn: conn.close())
-        self._conn = None
+        try:
+            await self.flush()
+        finally:
+            await self._run(lambda conn: conn.close())
+            self._conn = None
 
     async def load_keys(self) -> Sequence[KeyRecord]:
         rows = await self._run(
