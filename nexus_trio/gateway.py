@@ -13,6 +13,7 @@ from nexus_trio.drain import Drain
 from nexus_trio.instance import new_instance_id
 from nexus_trio.observe import Observer
 from nexus_trio.policy.keyring import Keyring
+from nexus_trio.policy.queue import FairQueue
 from nexus_trio.registry import Registry
 from nexus_trio.store.base import Store
 from nexus_trio.store.memory import MemoryStore
@@ -43,9 +44,15 @@ class Gateway:
     # Keys and usage: the store they outlive the process in, and the keys in memory.
     store: Store = field(default_factory=MemoryStore)
     keyring: Keyring = field(init=False)
+    # Requests waiting for a backend with room ([queue]); freed slots wake them.
+    queue: FairQueue = field(init=False)
 
     def __post_init__(self) -> None:
         self.keyring = Keyring(self.store)
+        self.queue = FairQueue.from_settings(self.settings.queue)
+        self.registry.slot_freed_hook = self.queue.slot_freed
+        self.observer.metrics.watch_queue(self.queue)
+        self.observer.feed.watch_queue(self.queue)
 
     @property
     def draining(self) -> bool:

@@ -34,7 +34,7 @@ import ipaddress
 import logging
 import math
 import time
-from collections.abc import Hashable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Literal
@@ -441,11 +441,17 @@ class Slot:
     """One request's hold on a backend: counted in its ``in_flight`` from `Registry.occupy`
     until `release` (or the end of a ``with`` block), once, whatever happens between."""
 
-    __slots__ = ("_backend", "_freed", "_held")
+    __slots__ = ("_backend", "_freed", "_held", "_hook")
 
-    def __init__(self, backend: Backend, freed: trio.lowlevel.ParkingLot) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        freed: trio.lowlevel.ParkingLot,
+        hook: Callable[[Backend], None] | None = None,
+    ) -> None:
         self._backend = backend
         self._freed = freed
+        self._hook = hook
         self._held = True
         backend.in_flight += 1
 
@@ -455,6 +461,8 @@ class Slot:
             self._held = False
             self._backend.in_flight -= 1
             self._freed.unpark_all()
+            if self._hook is not None:
+                self._hook(self._backend)
 
     def __enter__(self) -> Slot:
         return self
@@ -514,6 +522,9 @@ class Registry:
         self._subscribers: list[trio.MemorySendChannel[RegistryEvent]] = []
         self._rosters: dict[str, Roster] = {}  # by model; emptied by every change
         self._slot_freed = trio.lowlevel.ParkingLot()
+        # Told synchronously of every released slot (the queue of waiting requests, which
+        # lives above the registry: it sets this, the registry never imports it).
+        self.slot_freed_hook: Callable[[Backend], None] | None = None
         self._engine_read = trio.lowlevel.ParkingLot()
         for backend in backends:
             self.add(backend)
@@ -770,7 +781,7 @@ class Registry:
     def occupy(self, backend: Backend) -> Slot:
         """Count one request in ``backend``'s load until the slot is released. The only
         writer of ``Backend.in_flight``."""
-        return Slot(backend, self._slot_freed)
+        return Slot(backend, self._slot_freed, self.slot_freed_hook)
 
     async def wait_slot_freed(self) -> None:
         """Block until some request releases its slot on any backend."""

@@ -381,7 +381,9 @@ async def test_a_backends_refusal_is_rendered_in_anthropics_shape(start_nexus: A
 async def test_no_backend_free_is_overloaded(start_nexus: Any) -> None:
     a = sim("a")
     a.faults.stall_after_chunks = 1
-    nexus = await start_nexus([a], backend_options={"a": {"max_concurrency": 1}})
+    nexus = await start_nexus(
+        [a], backend_options={"a": {"max_concurrency": 1}}, queue={"max_size": 0}
+    )  # no queue: busy is refused at once
     client = nexus.anthropic()
     async with trio.open_nursery() as nursery:
         started = trio.Event()

@@ -54,7 +54,10 @@ async def test_busy_is_answered_at_once(
 ) -> None:
     a = sim("a", tokens_per_second=5)
     nexus = await start_nexus(
-        [a], routing={"wait_for_backend_seconds": 30}, backend_options={"a": {"max_concurrency": 1}}
+        [a],
+        routing={"wait_for_backend_seconds": 30},
+        backend_options={"a": {"max_concurrency": 1}},
+        queue={"max_size": 0},  # no queue (tests/test_queue.py covers it)
     )
     started = trio.Event()
 

@@ -53,6 +53,7 @@ def snapshot(gateway: Gateway) -> dict[str, Any]:
         "models": listed_models(registry, gateway.settings.routing, gateway.created),
         "requests": observer.recent(),
         "stats": observer.stats.to_json(),
+        "queue_depth": len(gateway.queue),
     }
 
 

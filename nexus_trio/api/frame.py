@@ -329,15 +329,16 @@ async def _route_and_forward(
     caller: Caller = ANONYMOUS,
     session: str | None = None,
 ) -> None:
-    """Route ``chat`` for ``caller`` (waiting for a backend if none can take it yet) and
-    forward it."""
+    """Route ``chat`` for ``caller`` (waiting for a backend if none can take it yet, or
+    in the gateway's queue if all are busy) and forward it."""
     routing = gateway.settings.routing
     conversation = None
     if routing.affinity.enabled and routing.strategy is Strategy.SMART and not chat.needs.embedding:
         conversation = conversation_key(chat.payload, session, chat.session)
     decision = await plan_route_patiently(
-        chat.needs, gateway.registry, routing, conversation=conversation, caller=caller
-    )
+        chat.needs, gateway.registry, routing,
+        conversation=conversation, caller=caller, queue=gateway.queue,
+    )  # fmt: skip
     outcome.affinity = decision.affinity
     exchange = Exchange(
         gateway.client, gateway.registry, routing.timeouts, request_id, writer, outcome,

@@ -3,7 +3,9 @@
 Each message is one JSON text, ``{"update_type": ..., "data": ...}``, encoded
 once for all subscribers. ``BackendStatus`` and ``ModelChange`` come from the
 registry's own change events (not from a timer); ``RequestComplete`` from each
-request as it ends (`nexus_trio.observe.observer`).
+request as it ends (`nexus_trio.observe.observer`); ``QueueDepth`` (``{"depth": n}``)
+each time the number of requests waiting for a backend with room changes
+(`nexus_trio.policy.queue`).
 
 A subscriber that falls `BUFFER` messages behind is dropped — its channel is
 closed, and its WebSocket ends — so one slow browser never slows the others or
@@ -21,6 +23,7 @@ import trio
 from nexus_trio.catalog import listed_models
 from nexus_trio.config import RoutingSettings
 from nexus_trio.observe.views import backend_view
+from nexus_trio.policy.queue import FairQueue
 from nexus_trio.registry import Registry, RegistryEvent
 
 __all__ = ["BUFFER", "Feed"]
@@ -30,6 +33,7 @@ BUFFER = 512
 BACKEND_STATUS = "BackendStatus"
 MODEL_CHANGE = "ModelChange"
 REQUEST_COMPLETE = "RequestComplete"
+QUEUE_DEPTH = "QueueDepth"
 
 
 class Feed:
@@ -64,6 +68,13 @@ class Feed:
                 continue
             alive.append(channel)
         self._subscribers = alive
+
+    def watch_queue(self, queue: FairQueue) -> None:
+        """Publish ``queue``'s depth each time it changes."""
+        queue.on_depth = self._queue_depth
+
+    def _queue_depth(self, depth: int) -> None:
+        self.publish(QUEUE_DEPTH, {"depth": depth})
 
     async def run(
         self,

@@ -7,11 +7,15 @@ server last reported of its own load (`nexus_trio.load_watch`): requests running
 and waiting, KV cache in use, models held in memory. Each Nexus has its own
 collector registry (several may run in one process: tests).
 
+The queue of requests waiting for a backend with room (`nexus_trio.policy.queue`) is
+watched too: its depth by priority is read at scrape time, and each request's
+wait in it is observed as it leaves.
+
 Label values are bounded: ``model`` is a name some backend serves or the
 configuration names (an alias, a fallback), else ``"unknown"`` — never the
 client's string — or, for ``nexus_backend_model_loaded``, a model the server
 holds in memory; ``backend`` is a backend's name; ``status``, ``type``,
-``phase``, ``outcome`` and ``state`` come from fixed sets.
+``phase``, ``outcome``, ``state`` and ``priority`` come from fixed sets.
 """
 
 from __future__ import annotations
@@ -31,7 +35,9 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
+from nexus_trio.config.schema import Priority
 from nexus_trio.observe.record import RequestRecord
+from nexus_trio.policy.queue import PRIORITIES, FairQueue
 from nexus_trio.registry import Registry
 
 __all__ = ["CONTENT_TYPE", "Metrics"]
@@ -42,6 +48,8 @@ NO_BACKEND = "none"  # the backend label of a request nothing served
 # LLM requests run from milliseconds (an error) to minutes (a long answer).
 _DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 _TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+# A queued request waits from an instant to [queue] max_wait_seconds (30 s by default).
+_QUEUE_WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120)
 
 
 class Metrics:
@@ -93,6 +101,14 @@ class Metrics:
             "conversation), miss (none known), yielded (that backend was out or too loaded).",
             ["outcome"], registry=r,
         )  # fmt: skip
+        self.queue_wait = Histogram(
+            "nexus_queue_wait_seconds",
+            "Time requests waited in the queue for a backend with room (served, timed out "
+            "or gone), by priority.",
+            ["priority"], buckets=_QUEUE_WAIT_BUCKETS, registry=r,
+        )  # fmt: skip
+        self._queue_collector = _QueueCollector()
+        r.register(self._queue_collector)
         r.register(_FleetCollector(registry))
         ProcessCollector(registry=r)
         # Bounded like the labels: models served or configured, backends, a few statuses.
@@ -139,6 +155,14 @@ class Metrics:
         if record.affinity is not None:
             self.affinity.labels(record.affinity).inc()
 
+    def watch_queue(self, queue: FairQueue) -> None:
+        """Expose ``queue``'s depth (``nexus_queue_depth``) and observe each wait in it."""
+        self._queue_collector.queue = queue
+        queue.on_wait_done = self._queue_waited
+
+    def _queue_waited(self, priority: Priority, seconds: float) -> None:
+        self.queue_wait.labels(priority.value).observe(seconds)
+
     def exposition(self) -> bytes:
         """The Prometheus text format of every metric, as of now."""
         return generate_latest(self.registry)
@@ -152,6 +176,24 @@ class _Children(NamedTuple):
     ttft: Histogram
     prompt_tokens: Counter
     completion_tokens: Counter
+
+
+class _QueueCollector(Collector):
+    """The queue's depth by priority, read at scrape time (0 until a queue is watched)."""
+
+    def __init__(self) -> None:
+        self.queue: FairQueue | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        depth = GaugeMetricFamily(
+            "nexus_queue_depth",
+            "Requests waiting in the queue for a backend with room, by priority.",
+            labels=["priority"],
+        )
+        for priority in PRIORITIES:
+            waiting = 0 if self.queue is None else self.queue.depth(priority)
+            depth.add_metric([priority.value], waiting)
+        yield depth
 
 
 class _FleetCollector(Collector):

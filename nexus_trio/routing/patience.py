@@ -7,8 +7,14 @@ last candidate just failed) is better served a moment late than refused. So
 when nothing is in rotation, the request waits — for a change in the registry
 that may bring a backend back (its health recovered, its ejection ended), at
 most ``routing.wait_for_backend_seconds`` — and plans again. Everything else
-(an unknown model, a busy fleet, a request no backend can take) is answered at
-once.
+(an unknown model, a request no backend can take) is answered at once.
+
+A busy fleet — every backend that could serve the request is at its
+``max_concurrency`` — is not refused either when a queue is given: the request
+waits in it (`nexus_trio.policy.queue.FairQueue`, fair between priorities and
+keys) until a freed slot wakes it, and plans again; ``[queue] max_size`` waiting
+already answers 429 (`QueueFull`), ``max_wait_seconds`` waited answers 503
+(`QueueTimeout`). Without a queue (or ``max_size = 0``), busy is 503 at once.
 """
 
 from __future__ import annotations
@@ -20,9 +26,10 @@ from typing import TypeVar
 import trio
 
 from nexus_trio.config import RoutingSettings
-from nexus_trio.errors import BackendsBusy, NoHealthyBackend
+from nexus_trio.errors import BackendsBusy, NoHealthyBackend, QueueTimeout
 from nexus_trio.policy.keys import ANONYMOUS, Caller
-from nexus_trio.registry import Registry
+from nexus_trio.policy.queue import FairQueue
+from nexus_trio.registry import Backend, Registry
 from nexus_trio.routing.affinity import ConversationKey, prefer
 from nexus_trio.routing.requirements import Requirements
 from nexus_trio.routing.router import Candidate, RouteDecision, plan_route
@@ -59,6 +66,7 @@ async def plan_route_patiently(
     wait_seconds: float | None = None,
     conversation: ConversationKey | None = None,
     caller: Caller = ANONYMOUS,
+    queue: FairQueue | None = None,
 ) -> RouteDecision:
     """`plan_route`, waiting up to ``wait_seconds`` (``routing.wait_for_backend_seconds``
     by default) for a backend to come back into rotation when none is in it.
@@ -66,13 +74,16 @@ async def plan_route_patiently(
     ``conversation``, when given, is what the request is known by for affinity: the
     backend the registry's table says served it is preferred (`plan_route`).
 
-    ``caller`` is who sent the request (its key's name and priority).
+    ``caller`` is who sent the request (its key's name and priority): its place in
+    ``queue``, where it waits when every backend that could serve it is busy (None, or
+    a queue of ``max_size`` 0: busy is refused at once).
 
     ``admit``, when given, keeps only the candidates it accepts (a failover leaving out
     the backends it has tried); a decision with none left counts as none in rotation.
 
     Raises what `plan_route` raises, once the wait is over; `NoHealthyBackend` when
-    candidates were planned but ``admit`` accepted none.
+    candidates were planned but ``admit`` accepted none; `QueueFull` when the queue is
+    full, `QueueTimeout` when its wait is over.
     """
     wait = routing.wait_for_backend_seconds if wait_seconds is None else wait_seconds
     refused: list[NoHealthyBackend] = []
@@ -103,7 +114,56 @@ async def plan_route_patiently(
         ))  # fmt: skip
         return None
 
-    decision = await wait_for_rotation(registry, look, wait)
+    try:
+        decision = await wait_for_rotation(registry, look, wait)
+    except BackendsBusy:
+        if queue is None or not queue.enabled:
+            raise
+        # No checkpoint between the busy plan and joining the queue: no freed slot is missed.
+        decision = await _wait_in_queue(queue, caller, _wants(needs, routing), look)
     if decision is None:
         raise refused[-1]
     return decision
+
+
+async def _wait_in_queue(
+    queue: FairQueue,
+    caller: Caller,
+    wants: Callable[[Backend], bool],
+    look: Callable[[], RouteDecision | None],
+) -> RouteDecision | None:
+    """Wait in ``queue`` as ``caller``, planning with ``look`` each time a freed slot
+    wakes this request, until a plan finds room (or ``look`` finds none in rotation:
+    None). It leaves the queue however it ends (served, timed out, cancelled).
+
+    Raises:
+        QueueFull: the queue is full.
+        QueueTimeout: ``queue.max_wait_seconds`` passed.
+    """
+    with queue.enter(caller.name, caller.priority, wants) as place:
+        with trio.move_on_after(queue.max_wait_seconds):
+            while True:
+                await place.wait_woken()
+                try:
+                    decision = look()
+                except BackendsBusy:
+                    place.lost_race()  # someone else took the slot: wait on at the head
+                    continue
+                if decision is not None:
+                    place.served(decision.candidates[0].backend)
+                return decision
+    raise QueueTimeout(
+        f"Waited {queue.max_wait_seconds:g}s in the queue and every backend that can serve "
+        "this request is still at its max_concurrency. Retry in a few seconds."
+    )
+
+
+def _wants(needs: Requirements, routing: RoutingSettings) -> Callable[[Backend], bool]:
+    """Whether a slot freed on a backend may serve ``needs``: the backend lists a model
+    the request may be routed to (its own, what its alias names, its fallbacks). Loose
+    on purpose: a woken request plans again, and a slot it cannot use passes on."""
+    names = {needs.model, routing.resolve_alias(needs.model)}
+    for model in tuple(names):
+        names.update(routing.resolve_alias(m) for m in routing.fallbacks.get(model, ()))
+    wanted = frozenset(names)
+    return lambda backend: not wanted.isdisjoint(backend.models)

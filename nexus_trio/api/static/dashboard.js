@@ -29,6 +29,7 @@
       failovers: $("total-failovers"),
       tokens: $("total-tokens"),
       inFlight: $("total-in-flight"),
+      queued: $("total-queued"),
       backends: $("total-backends"),
     },
     backendsBody: $("backends-body"),
@@ -47,6 +48,7 @@
     models: [],
     feed: new Map(), // request_id -> its row, for the requests on the page
     totals: { requests: 0, failed: 0, failovers: 0, tokens: 0 },
+    queued: 0, // requests waiting in Nexus's queue for a backend with room
     uptimeSeconds: 0,
     uptimeAt: 0, // performance.now() when uptimeSeconds was true
   };
@@ -409,6 +411,8 @@
       if (b.routable) up += 1;
     }
     dom.totals.inFlight.textContent = number.format(inFlight);
+    dom.totals.queued.textContent = number.format(state.queued);
+    dom.totals.queued.classList.toggle("is-warn", state.queued > 0);
     dom.totals.backends.textContent = `${up} / ${state.backends.size}`;
     dom.totals.backends.classList.toggle("is-bad", up < state.backends.size);
   }
@@ -448,6 +452,7 @@
       failovers: (failovers.before_first_byte || 0) + (failovers.mid_stream || 0),
       tokens: (tokens.prompt || 0) + (tokens.completion || 0),
     };
+    state.queued = data.queue_depth || 0;
     renderTotals();
   }
 
@@ -471,6 +476,10 @@
       case "ModelChange":
         state.models = data.models || [];
         renderModels();
+        break;
+      case "QueueDepth":
+        state.queued = data.depth || 0;
+        renderTotals();
         break;
       case "RequestComplete":
         if (addRequest(data)) {
