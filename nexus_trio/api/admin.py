@@ -51,7 +51,8 @@ def backend_view(backend: Backend) -> dict[str, Any]:
     then what its probes say); ``ejected_until`` is when it returns (UTC), and
     ``ejected_seconds`` how long that is from now; ``ejections`` counts its ejections
     in a row, which a run of served requests forgives; ``engine`` is what the server
-    last said of its load (`nexus_trio.observe.views.engine_view`).
+    last said of its load (`nexus_trio.observe.views.engine_view`); ``zone`` is
+    ``local`` or ``cloud`` (a cloud one never serves a request that must stay local).
     """
     checked = backend.last_checked
     left = backend.ejected_seconds_left(trio.current_time())
@@ -59,6 +60,7 @@ def backend_view(backend: Backend) -> dict[str, Any]:
         "name": backend.name,
         "url": backend.url,
         "type": backend.type.value,
+        "zone": backend.zone.value,
         "sources": sorted(backend.sources),
         "status": backend.status,
         "health": backend.health.value,

@@ -29,6 +29,7 @@ def backend_view(backend: Backend, now: float, wall: float | None = None) -> dic
     return {
         "name": backend.name,
         "type": backend.type.value,
+        "zone": backend.zone.value,
         "status": backend.status,
         "health": backend.health.value,
         "routable": backend.routable,

@@ -12,7 +12,7 @@ from nexus_trio.errors import NexusError
 from nexus_trio.registry import Registry
 from nexus_trio.routing.patience import plan_route_patiently
 from nexus_trio.routing.requirements import Requirements
-from nexus_trio.routing.router import Candidate
+from nexus_trio.routing.router import Candidate, local_roster
 
 __all__ = ["CandidateQueue", "Replan", "replanner"]
 
@@ -32,6 +32,8 @@ class CandidateQueue:
     ``routing.max_attempts`` attempts, and no new attempt after
     ``routing.failover_timeout_seconds`` (0: no limit). What the request has tried
     (``tried``) is shared by every queue of the request, continuations included.
+    ``local_only``: the request must stay local, so the breaker's yield counts its local
+    backends only.
     """
 
     def __init__(
@@ -41,6 +43,8 @@ class CandidateQueue:
         routing: RoutingSettings,
         registry: Registry,
         tried: dict[str, int],
+        *,
+        local_only: bool = False,
     ) -> None:
         self._queue: Iterator[Candidate] = iter(planned)  # read as needed (see `Candidates`)
         self._replan = replan
@@ -51,6 +55,7 @@ class CandidateQueue:
         self._deadline = trio.current_time() + timeout if timeout > 0 else math.inf
         self.tried = tried  # backend name -> its `Backend.returns` when last tried
         self.tried_here = 0  # attempts this queue started
+        self._local_only = local_only  # the request must stay local (`Requirements`)
 
     def _may_try(self, candidate: Candidate) -> bool:
         backend = candidate.backend
@@ -60,8 +65,12 @@ class CandidateQueue:
         if backend.routable:
             return True
         # Ejected since it was planned: only while the breaker has ejected every backend
-        # of the model (then routing serves from those rather than none).
-        ready = self._registry.roster(candidate.model).ready
+        # of the model (then routing serves from those rather than none); for a request
+        # that must stay local, every local one (a cloud one in rotation may not serve it).
+        roster = self._registry.roster(candidate.model)
+        if self._local_only:
+            roster = local_roster(roster)
+        ready = roster.ready
         return backend.available and bool(ready) and ready[0][0].ejected_until is not None
 
     async def next(self) -> Candidate | None:

@@ -85,7 +85,7 @@ async def forward_chat(
     registry = exchange.registry
     queue = CandidateQueue(
         decision.candidates, replanner(chat.needs, registry, routing), routing, registry,
-        exchange.tried,
+        exchange.tried, local_only=chat.needs.local_only,
     )  # fmt: skip
     if not chat.streamed_upstream:
         await _whole_chat(exchange, chat, decision, queue)
@@ -425,6 +425,7 @@ async def _continue(
         routing,
         exchange.registry,
         exchange.tried,
+        local_only=chat.needs.local_only,
     )
     prefill, produced = tracker.text, tracker.content_chunks
     try:

@@ -8,6 +8,10 @@ it, it raises the error that tells the client why.
 Order of candidates: those of the requested model (after aliases) ranked by
 the strategy, then those of each fallback model in the configured order. A
 fallback is used only when no candidate of the model could answer.
+
+A request that must stay local (``Requirements.local_only``) never gets a cloud
+backend as a candidate, of the model or of a fallback (`_eligible`); when only
+cloud ones could serve it, it is refused with `NoLocalBackend`.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import random
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, NamedTuple, TypeVar, overload
 
-from nexus_trio.config import BackendType, RoutingSettings, Strategy, is_alias_pattern
+from nexus_trio.config import BackendType, RoutingSettings, Strategy, Zone, is_alias_pattern
 from nexus_trio.errors import (
     BackendsBusy,
     ContextLengthExceeded,
@@ -26,6 +30,8 @@ from nexus_trio.errors import (
     ModelNotFound,
     NexusError,
     NoHealthyBackend,
+    NoLocalBackend,
+    RequestError,
 )
 from nexus_trio.registry import Backend, Capability, ModelInfo, Roster, RosterEntry
 from nexus_trio.routing.affinity import Preference
@@ -39,6 +45,7 @@ __all__ = [
     "Candidates",
     "RouteDecision",
     "Why",
+    "local_roster",
     "nearest_models",
     "plan_route",
     "rank",
@@ -281,7 +288,44 @@ def _out_because(backend: Backend) -> str:
 
 
 def _why_none(model: str, serving: Sequence[Backend], needs: Requirements) -> NexusError:
-    """The error for a model whose backends exist but none can take this request."""
+    """The error for a model whose backends exist but none can take this request.
+
+    A request that must stay local is answered as if the model's cloud backends did not
+    exist, except when only they could have served it: then `NoLocalBackend`, never a
+    quiet turn to the cloud. A local backend that is down or busy keeps its usual error.
+    """
+    if not needs.local_only:
+        return _why_none_of(model, serving, needs)
+    local = [b for b in serving if b.zone is Zone.LOCAL]
+    if not local:
+        return _no_local(model, "its backends are all cloud ones")
+    error = _why_none_of(model, local, needs)
+    if isinstance(error, RequestError) and any(
+        _could_serve(b, model, needs) for b in serving if b.zone is not Zone.LOCAL
+    ):
+        # The local ones cannot take this request (capabilities, context), a cloud one could.
+        return _no_local(model, f"its local backends cannot ({error.message})")
+    return error
+
+
+def _could_serve(backend: Backend, model: str, needs: Requirements) -> bool:
+    """Whether ``backend``'s model can take this request, up or not (as far as we know)."""
+    info = backend.models[model]
+    fills_in = not needs.fim or _fills_in(backend, info)
+    return fills_in and _kind_fits(info, needs) and _incapability(info, needs) is None
+
+
+def _no_local(model: str, why: str) -> NoLocalBackend:
+    return NoLocalBackend(
+        f"This request must stay on local backends (X-Nexus-Privacy: local, or its key's "
+        f"privacy), and none can serve {model!r}: {why}, and it is never sent to the "
+        "cloud. Remove X-Nexus-Privacy: local or use a key allowed to use the cloud, or "
+        f"add a local backend of {model!r}."
+    )
+
+
+def _why_none_of(model: str, serving: Sequence[Backend], needs: Requirements) -> NexusError:
+    """`_why_none` over ``serving`` as they are, zones aside."""
     routable = [b for b in serving if b.routable]
     if not routable:
         return NoHealthyBackend(
@@ -335,10 +379,25 @@ def _why_none(model: str, serving: Sequence[Backend], needs: Requirements) -> Ne
     )
 
 
+def local_roster(roster: Roster) -> Roster:
+    """``roster`` without its cloud backends: what a request that must stay local sees.
+    As in every roster, the breaker yields when it has ejected every local backend that
+    is available (a cloud one in rotation does not stop it: it may not serve)."""
+    local = (b for b in roster.listing if b.zone is Zone.LOCAL)
+    return Roster.of(local, roster.model)
+
+
 def _eligible(roster: Roster, needs: Requirements) -> Sequence[RosterEntry]:
     """The roster's backends that can serve this request, busy or not (`rank` leaves out
-    those at their max_concurrency)."""
+    those at their max_concurrency); never a cloud one for a request that must stay local.
+    Every route goes through here: the plan, its fallbacks, and every re-plan (failover,
+    hedges, continuations), so none of them can reach the cloud with local-only work."""
     entries: Sequence[RosterEntry] = roster.ready
+    if needs.local_only:  # one test of a flag for every other request
+        entries = [e for e in entries if e[0].zone is Zone.LOCAL]
+        if not entries:  # none in rotation: maybe those the breaker yields (`local_roster`)
+            roster = local_roster(roster)
+            entries = roster.ready
     tokens = needs.context_tokens
     if (needs.vision or needs.tools or needs.json) and roster.capabilities_known:
         entries = [e for e in entries if _incapability(e[1], needs) is None]
@@ -380,6 +439,8 @@ def plan_route(
     Raises:
         ModelNotFound: no backend serves the model (or any of its fallbacks).
         NoHealthyBackend: backends serve it, but none is healthy or free.
+        NoLocalBackend: the request must stay local (``needs.local_only``) and only cloud
+            backends could serve it.
         ModelCannotServe, ContextLengthExceeded: none can take this request.
     """
     patterns = bool(routing.alias_patterns)
