@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from nexus_trio.config import Settings
 from nexus_trio.drain import Drain
+from nexus_trio.gatekeeper import Gatekeeper
 from nexus_trio.instance import new_instance_id
 from nexus_trio.observe import Observer
 from nexus_trio.policy.keyring import Keyring
@@ -44,11 +45,14 @@ class Gateway:
     # Keys and usage: the store they outlive the process in, and the keys in memory.
     store: Store = field(default_factory=MemoryStore)
     keyring: Keyring = field(init=False)
+    # Who may ask, and how much: keys, their models, limits and budgets, usage recorded.
+    gatekeeper: Gatekeeper = field(init=False)
     # Requests waiting for a backend with room ([queue]); freed slots wake them.
     queue: FairQueue = field(init=False)
 
     def __post_init__(self) -> None:
         self.keyring = Keyring(self.store)
+        self.gatekeeper = Gatekeeper(self.settings.auth, self.keyring, self.store, self.registry)
         self.queue = FairQueue.from_settings(self.settings.queue)
         self.registry.slot_freed_hook = self.queue.slot_freed
         self.observer.metrics.watch_queue(self.queue)

@@ -412,7 +412,13 @@ async def test_a_model_another_client_loaded_is_preferred_within_a_read(start_ne
     assert ",warm," in response.headers["x-nexus-route-reason"]
     one.unload(MODEL)  # its keep-alive ended; meanwhile another client used it on "other"
     other.mark_loaded(MODEL)
-    await read_until(nexus, lambda r: r.get("other").is_warm(MODEL))
+    await read_until(
+        nexus,
+        lambda r: (
+            (r.get("one").warm_models, r.get("other").warm_models)
+            == (frozenset(), frozenset({MODEL}))
+        ),
+    )
     assert await served_by(nexus, 3) == ["other"] * 3
 
 
@@ -423,7 +429,13 @@ async def test_a_cold_start_goes_where_the_model_was_loaded_last(start_nexus: An
     nexus = await start_nexus([a, b], routing=FAST_READS)
     a.unload(MODEL)
     a.mark_loaded("big:70b")  # it made room for another model
-    await read_until(nexus, lambda r: not r.get("a").is_warm(MODEL))
+    await read_until(
+        nexus,
+        lambda r: (
+            (r.get("a").warm_models, r.get("b").warm_models)
+            == (frozenset({"big:70b"}), frozenset())
+        ),
+    )
     response = await nexus.http.post("/v1/chat/completions", json=CHAT)
     assert response.headers["x-nexus-backend"] == "a"  # the page cache may still hold it
     assert ",cold_start," in response.headers["x-nexus-route-reason"]

@@ -34,6 +34,7 @@ LAYERS: dict[str, int] = {
     "routing": 4,
     "discovery": 5,
     "health": 6,
+    "gatekeeper": 5,  # keys, limits and budgets at the door (policy and store below)
     "load_watch": 5,  # the health watcher runs it
     "fleet": 6,
     "proxy": 5,

@@ -21,19 +21,30 @@ from nexus_trio import __version__
 from nexus_trio.api.admin import make_admin_blueprint
 from nexus_trio.api.count_tokens import make_count_tokens_blueprint
 from nexus_trio.api.dashboard import make_dashboard_blueprint
-from nexus_trio.api.frame import ASGIDownstream, request_id_of, serve_inference
+from nexus_trio.api.frame import CALLER_SCOPE_KEY, ASGIDownstream, request_id_of, serve_inference
 from nexus_trio.api.observe import make_observe_blueprint
 from nexus_trio.api.ollama import known_names, make_ollama_blueprint, serve_generate
 from nexus_trio.api.responses import make_responses_blueprint
 from nexus_trio.catalog import listed_models, model_entry
 from nexus_trio.dialects import ANTHROPIC, CHAT, Dialect
+from nexus_trio.dialects.anthropic_writer import error_response as anthropic_error_response
 from nexus_trio.dialects.completions import COMPLETIONS, COMPLETIONS_PATH
 from nexus_trio.dialects.embed_ollama import ollama_embed_dialects
 from nexus_trio.dialects.embeddings import EMBEDDINGS, EMBEDDINGS_PATH
-from nexus_trio.dialects.ollama_writer import ollama_chat_dialect, ollama_generate_dialect
+from nexus_trio.dialects.ollama_writer import (
+    ollama_chat_dialect,
+    ollama_error_response,
+    ollama_generate_dialect,
+)
 from nexus_trio.dialects.response_store import ResponseStore
 from nexus_trio.dialects.responses_writer import responses_dialect
-from nexus_trio.errors import MethodNotAllowed, ModelNotFound, NexusError, error_body
+from nexus_trio.errors import (
+    MethodNotAllowed,
+    ModelNotFound,
+    NexusError,
+    Unauthorized,
+    error_body,
+)
 from nexus_trio.gateway import Gateway
 from nexus_trio.instance import VIA_HEADER
 from nexus_trio.routing.router import nearest_models
@@ -193,11 +204,18 @@ def make_app(gateway: Gateway) -> Any:
     }
 
     via = (VIA_HEADER.encode(), gateway.instance_id.encode())
+    door = gateway.gatekeeper
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http":
             send = _marked(send, via)
         dialect = inference.get(scope["path"]) if scope["type"] == "http" else None
+        if scope["type"] in ("http", "websocket") and door.guards(scope["path"]):
+            try:
+                scope[CALLER_SCOPE_KEY] = door.caller_of(scope.get("headers", ()))
+            except Unauthorized as refusal:
+                await _refuse(scope, send, dialect, refusal)
+                return
         if dialect is None:
             await quart_app(scope, receive, send)  # type: ignore[arg-type]
         elif scope["method"] == "POST" and dialect is ollama_generate:
@@ -210,6 +228,33 @@ def make_app(gateway: Gateway) -> Any:
             await writer.fail(MethodNotAllowed(scope["path"]))
 
     return app
+
+
+async def _refuse(scope: dict[str, Any], send: Any, dialect: Dialect | None,
+                  error: NexusError) -> None:  # fmt: skip
+    """Answer ``error`` before anything else runs, in the shape of the API the path is
+    of: the dialect's, Anthropic's on /v1/messages*, Ollama's on /api/*, else OpenAI's.
+    A WebSocket is closed before it opens (HTTP 403)."""
+    request_id = request_id_of(scope)
+    if scope["type"] == "websocket":
+        await send({"type": "websocket.close", "code": 1008})
+        return
+    downstream = ASGIDownstream(send)
+    if dialect is not None:
+        await dialect.writer(None, downstream, request_id).fail(error)
+        return
+    path: str = scope["path"]
+    extra = error.headers()
+    if path.startswith("/v1/messages"):
+        await downstream.respond(*anthropic_error_response(error.status, error.message,
+                                                           request_id, extra))  # fmt: skip
+    elif path.startswith("/api/"):
+        await downstream.respond(
+            *ollama_error_response(error.status, error.message, request_id, extra)
+        )
+    else:
+        head = [("content-type", "application/json"), ("x-request-id", request_id), *extra]
+        await downstream.respond(error.status, head, error.to_json())
 
 
 def _marked(send: Any, via: tuple[bytes, bytes]) -> Any:

@@ -33,6 +33,7 @@ import trio
 from nexus_trio.config import Privacy, Strategy
 from nexus_trio.dialects import Dialect
 from nexus_trio.errors import BodyTooLarge, NexusError, RequestLoop, ShuttingDown
+from nexus_trio.gatekeeper import Admission
 from nexus_trio.gateway import Gateway
 from nexus_trio.instance import VIA_HEADER
 from nexus_trio.observe import (
@@ -50,6 +51,7 @@ from nexus_trio.routing.patience import plan_route_patiently
 from nexus_trio.routing.requirements import ChatRequest
 
 __all__ = [
+    "CALLER_SCOPE_KEY",
     "ASGIDownstream",
     "header_value",
     "request_id_of",
@@ -64,6 +66,8 @@ ASGISend = Any
 Scope = dict[str, Any]
 
 _MAX_REQUEST_ID = 128
+# Where the app puts the caller it authenticated (`nexus_trio.gatekeeper`) in the scope.
+CALLER_SCOPE_KEY = "nexus.caller"
 VIA_HEADER_BYTES = VIA_HEADER.encode()
 # How long a request the drain cut gets to write its last event and end.
 _CUT_WRITE_SECONDS = 2.0
@@ -102,9 +106,10 @@ def request_id_of(scope: Scope) -> str:
 
 
 class ASGIDownstream:
-    """Writes one response through ASGI ``send``; remembers whether it has begun."""
+    """Writes one response through ASGI ``send``; remembers whether it has begun.
+    ``extra_headers`` go on whatever response it starts (the caller's rate limits)."""
 
-    __slots__ = ("_send", "ended", "started", "status")
+    __slots__ = ("_send", "ended", "extra_headers", "started", "status")
 
     started: bool  # the response head has been sent
 
@@ -113,6 +118,7 @@ class ASGIDownstream:
         self.started = False
         self.ended = False
         self.status = 0
+        self.extra_headers: list[tuple[str, str]] = []
 
     async def start(self, status: int, headers: list[tuple[str, str]]) -> None:
         self.started = True
@@ -121,7 +127,9 @@ class ASGIDownstream:
             {
                 "type": "http.response.start",
                 "status": status,
-                "headers": [(k.encode(), header_value(v)) for k, v in headers],
+                "headers": [
+                    (k.encode(), header_value(v)) for k, v in (*headers, *self.extra_headers)
+                ],
             }
         )
 
@@ -211,6 +219,8 @@ async def serve_inference(
     messages: object = None
     error: NexusError | None = None
     watch = _DisconnectWatch()
+    caller: Caller = scope.get(CALLER_SCOPE_KEY, ANONYMOUS)
+    admission: Admission | None = None
     work = gateway.drain.track()
     try:
         with work:
@@ -241,7 +251,9 @@ async def serve_inference(
                     beats = trio.CancelScope()
                     if dialect.keeps_alive:
                         nursery.start_soon(_keep_alive, writer, beats)
-                    caller = ANONYMOUS
+                    admission = await gateway.gatekeeper.admit(
+                        caller, chat.needs.model, downstream.extra_headers
+                    )
                     if _must_stay_local(scope, caller):
                         chat = replace(chat, needs=replace(chat.needs, local_only=True))
                     try:
@@ -275,6 +287,8 @@ async def serve_inference(
         finally:
             outcome.settle()
             status = downstream.status or (CLIENT_GONE if watch.gone else 0)
+            if admission is not None:
+                admission.finish(requested, outcome.backend, outcome.usage, status)
             code: str | None
             detail: str | None
             if error is not None:
