@@ -11,16 +11,20 @@ Claude Code calls this often (with ``?beta=true``, which is ignored).
 
 from __future__ import annotations
 
+from dataclasses import replace
+from typing import Any
+
 from quart import Blueprint, Response, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from nexus_trio import jsonparse
-from nexus_trio.api.frame import sane_request_id
+from nexus_trio.api.frame import CALLER_SCOPE_KEY, must_stay_local, sane_request_id
 from nexus_trio.backends.tokenize import count_prompt_tokens, estimate_input_tokens
 from nexus_trio.dialects.anthropic import parse_count_tokens_request
 from nexus_trio.dialects.anthropic_writer import error_response
-from nexus_trio.errors import BodyTooLarge, NexusError, NoHealthyBackend
+from nexus_trio.errors import BodyTooLarge, ModelNotAllowed, NexusError, NoHealthyBackend
 from nexus_trio.gateway import Gateway
+from nexus_trio.policy.keys import ANONYMOUS, Caller
 from nexus_trio.routing.patience import plan_route_patiently
 
 __all__ = ["make_count_tokens_blueprint"]
@@ -50,6 +54,16 @@ def make_count_tokens_blueprint(gateway: Gateway) -> Blueprint:
                     "The request body is larger than the limit (server.max_body_bytes)."
                 ) from None
             chat = parse_count_tokens_request(body if isinstance(body, bytes) else body.encode())
+            # The prompt goes to a backend's tokenizer: the key's models and privacy hold.
+            scope: dict[str, Any] = dict(request.scope)
+            caller: Caller = scope.get(CALLER_SCOPE_KEY, ANONYMOUS)
+            if caller.key is not None and not caller.key.may_use(chat.needs.model):
+                raise ModelNotAllowed(
+                    f"The key {caller.name!r} may not use the model {chat.needs.model!r}.",
+                    param="model",
+                )
+            if must_stay_local(scope, caller):
+                chat = replace(chat, needs=replace(chat.needs, local_only=True))
             counted: int | None = None
             served_by = None
             try:

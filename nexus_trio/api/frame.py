@@ -30,7 +30,7 @@ from typing import Any
 
 import trio
 
-from nexus_trio.config import Privacy, Strategy
+from nexus_trio.config import Priority, Privacy, Strategy
 from nexus_trio.dialects import Dialect
 from nexus_trio.errors import BodyTooLarge, NexusError, RequestLoop, ShuttingDown
 from nexus_trio.gatekeeper import Admission
@@ -54,6 +54,7 @@ __all__ = [
     "CALLER_SCOPE_KEY",
     "ASGIDownstream",
     "header_value",
+    "must_stay_local",
     "request_id_of",
     "sane_request_id",
     "serve_inference",
@@ -254,7 +255,8 @@ async def serve_inference(
                     admission = await gateway.gatekeeper.admit(
                         caller, chat.needs.model, downstream.extra_headers
                     )
-                    if _must_stay_local(scope, caller):
+                    caller = _with_priority_asked(scope, caller)
+                    if must_stay_local(scope, caller):
                         chat = replace(chat, needs=replace(chat.needs, local_only=True))
                     try:
                         await _route_and_forward(
@@ -312,9 +314,24 @@ async def serve_inference(
 
 _SESSION_HEADERS = (b"x-session-id", b"x-claude-code-session-id")
 PRIVACY_HEADER = b"x-nexus-privacy"
+PRIORITY_HEADER = b"x-nexus-priority"
 
 
-def _must_stay_local(scope: Scope, caller: Caller) -> bool:
+def _with_priority_asked(scope: Scope, caller: Caller) -> Caller:
+    """``caller`` with the priority the request asks for (``X-Nexus-Priority``: high,
+    normal or low), which may lower the key's, never raise it; unknown values are
+    ignored."""
+    asked = _header(scope, PRIORITY_HEADER)
+    if asked is None:
+        return caller
+    try:
+        priority = Priority(asked.decode("latin-1").strip().lower())
+    except ValueError:
+        return caller
+    return replace(caller, lowered=priority)
+
+
+def must_stay_local(scope: Scope, caller: Caller) -> bool:
     """Whether the request may reach local backends only: its key says so, or the client
     asks with ``X-Nexus-Privacy: local``. A header can narrow what a key may do, never
     widen it (``any`` on a local-only key changes nothing)."""

@@ -89,13 +89,18 @@ def key_matches(record: KeyRecord, presented_hash: str) -> bool:
     return hmac.compare_digest(record.key_hash, presented_hash)
 
 
+_PRIORITY_ORDER = (Priority.HIGH, Priority.NORMAL, Priority.LOW)
+
+
 @dataclass(frozen=True, slots=True)
 class Caller:
     """Who sent a request: a key's record, or nobody (auth off): usage is recorded
-    under ``name`` either way."""
+    under ``name`` either way. ``lowered`` is a priority the request asked for
+    (``X-Nexus-Priority``), which counts only where it is lower than the key's."""
 
     name: str
     key: KeyRecord | None = field(default=None, repr=False)
+    lowered: Priority | None = None
 
     @property
     def privacy(self) -> Privacy:
@@ -103,7 +108,10 @@ class Caller:
 
     @property
     def priority(self) -> Priority:
-        return self.key.priority if self.key else Priority.NORMAL
+        own = self.key.priority if self.key else Priority.NORMAL
+        if self.lowered is None:
+            return own
+        return max(own, self.lowered, key=_PRIORITY_ORDER.index)
 
 
 ANONYMOUS = Caller("anonymous")

@@ -25,8 +25,8 @@ from typing import TypeVar
 
 import trio
 
-from nexus_trio.config import RoutingSettings
-from nexus_trio.errors import BackendsBusy, NoHealthyBackend, QueueTimeout
+from nexus_trio.config import RoutingSettings, Zone
+from nexus_trio.errors import BackendsBusy, NoHealthyBackend, NoLocalBackend, QueueTimeout
 from nexus_trio.policy.keys import ANONYMOUS, Caller
 from nexus_trio.policy.queue import FairQueue
 from nexus_trio.registry import Backend, Registry
@@ -99,8 +99,10 @@ async def plan_route_patiently(
                 affinity=preferred,
             )  # fmt: skip
         except NoHealthyBackend as exc:
-            if isinstance(exc, BackendsBusy) or wait <= 0:
-                raise  # busy is not down, and no waiting was wanted: answer now
+            if isinstance(exc, (BackendsBusy, NoLocalBackend)) or wait <= 0:
+                # Busy is not down, no local backend will not come back by waiting, and
+                # no waiting was wanted: answer now.
+                raise
             refused.append(exc)
             return None
         if admit is None:
@@ -166,4 +168,6 @@ def _wants(needs: Requirements, routing: RoutingSettings) -> Callable[[Backend],
     for model in tuple(names):
         names.update(routing.resolve_alias(m) for m in routing.fallbacks.get(model, ()))
     wanted = frozenset(names)
+    if needs.local_only:  # a cloud backend's slot is never this request's
+        return lambda backend: backend.zone is Zone.LOCAL and not wanted.isdisjoint(backend.models)
     return lambda backend: not wanted.isdisjoint(backend.models)
