@@ -178,7 +178,7 @@ class Gatekeeper:
                 record.name, 100 * spent.usd / record.budget_usd, record.budget_usd,
                 record.period,
             )  # fmt: skip
-        return [(BUDGET_HEADER, f"{status.remaining:.6f}")]
+        return [(BUDGET_HEADER, format(status.remaining, ".10g"))]
 
     async def _spent_now(self, record: KeyRecord) -> _Spent:
         since = period_start(record.period, time.time())
@@ -189,6 +189,11 @@ class Gatekeeper:
                 usd = await self.store.spent(record.name, since)
             spent = self._spent[record.name] = _Spent(since, usd)
         return spent
+
+    def forget_spending(self, key: str) -> None:
+        """Read ``key``'s spending from the store again at its next request (its usage
+        was changed there, by another tool or instance)."""
+        self._spent.pop(key, None)
 
     def finished(self, admission: Admission, model: str | None, backend: str | None,
                  usage: Mapping[str, int], status: int) -> None:  # fmt: skip

@@ -43,6 +43,8 @@ __all__ = ["probe_backend", "run_health"]
 log = logging.getLogger("nexus.health")
 
 FIRST_RECOVERY_DELAY_SECONDS = 0.5
+# Its own generator: probes are jittered without touching the global random state.
+_jitter = random.Random()
 
 
 async def probe_backend(
@@ -91,7 +93,7 @@ async def _watch(
             recovery_delay = FIRST_RECOVERY_DELAY_SECONDS
             # Checks off: sleep until a failed request ejects it.
             wait = (
-                settings.interval_seconds * random.uniform(0.9, 1.1)
+                settings.interval_seconds * _jitter.uniform(0.9, 1.1)
                 if settings.enabled
                 else math.inf
             )

@@ -38,6 +38,8 @@ log = logging.getLogger("nexus.load")
 # Intervals a report still holds when reads of it fail: a server too busy to answer one
 # read in time is no idle server; one that has not answered for this long says nothing.
 KEEP_READS = 3
+# Its own generator: the reads are jittered without touching the global random state.
+_jitter = random.Random()
 
 
 async def watch_engine_load(
@@ -67,7 +69,7 @@ async def watch_engine_load(
             registry.record_engine_report(backend, report, in_flight_before)
         elif now - last_read >= KEEP_READS * settings.interval_seconds:
             registry.record_engine_report(backend, None)
-        await trio.sleep(settings.interval_seconds * random.uniform(0.9, 1.1))
+        await trio.sleep(settings.interval_seconds * _jitter.uniform(0.9, 1.1))
     if settings.enabled and backend.type in ENGINE_PATHS:
         log.info("backend %s reports no load (%s): Nexus counts its own", backend.name,
                  ", ".join(p for p, _ in ENGINE_PATHS[backend.type]))  # fmt: skip

@@ -6,6 +6,7 @@ import logging
 import os
 from collections.abc import AsyncIterator, Iterator, Sequence
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -42,11 +43,13 @@ def _loopback_clock() -> trio.testing.MockClock:
 
 
 @pytest.fixture(autouse=True)
-def _clean_nexus_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No NEXUS_* setting from the developer's shell leaks into a test."""
+def _clean_nexus_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No NEXUS_* setting from the developer's shell leaks into a test, and no `nexus`
+    a test starts keeps its state (backends, keys, usage) in the user's own directory."""
     for name in list(os.environ):
         if name.startswith("NEXUS_"):
             monkeypatch.delenv(name)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
 
 
 @pytest.fixture

@@ -75,6 +75,12 @@ class KeyRecord:
     priority: Priority = Priority.NORMAL
     revoked_at: float | None = None
 
+    def __post_init__(self) -> None:
+        # Whoever builds a record (the admin API, the store) may pass the plain strings.
+        object.__setattr__(self, "privacy", Privacy(self.privacy))
+        object.__setattr__(self, "priority", Priority(self.priority))
+        object.__setattr__(self, "models", tuple(self.models))
+
     @property
     def revoked(self) -> bool:
         return self.revoked_at is not None
