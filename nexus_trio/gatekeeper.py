@@ -36,7 +36,7 @@ from nexus_trio.policy.limits import Limiters
 from nexus_trio.registry import Registry
 from nexus_trio.store.base import Store, UsageRecord
 
-__all__ = ["Admission", "Gatekeeper", "presented_key"]
+__all__ = ["BUDGET_HEADER", "KEY_SUBPROTOCOL", "Admission", "Gatekeeper", "presented_key"]
 
 log = logging.getLogger("nexus.auth")
 
@@ -48,12 +48,15 @@ _OPEN_PREFIXES = ("/admin/", "/static/")
 # (once per key and period; then it is counted here).
 _SPENT_LOOKUP_SECONDS = 2.0
 BUDGET_HEADER = "x-nexus-budget-remaining"
+# A browser cannot set headers on a WebSocket: the dashboard offers its key as the
+# subprotocols ``nexus-key, <key>`` (a key's characters are all valid in a token).
+KEY_SUBPROTOCOL = "nexus-key"
 
 
 def presented_key(headers: Any) -> str | None:
     """The key a client sent (``Authorization: Bearer …`` or ``x-api-key``), from ASGI
     header pairs; None when it sent none."""
-    bearer = api_key = None
+    bearer = api_key = offered = None
     for name, value in headers:
         if name == b"authorization":
             scheme, _, token = value.decode("latin-1").partition(" ")
@@ -61,7 +64,11 @@ def presented_key(headers: Any) -> str | None:
                 bearer = token.strip()
         elif name == b"x-api-key" and value.strip():
             api_key = value.decode("latin-1").strip()
-    return bearer or api_key
+        elif name == b"sec-websocket-protocol":
+            protocols = [p.strip() for p in value.decode("latin-1").split(",")]
+            if len(protocols) == 2 and protocols[0] == KEY_SUBPROTOCOL:
+                offered = protocols[1]
+    return bearer or api_key or offered
 
 
 @dataclass

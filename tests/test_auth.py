@@ -8,9 +8,11 @@ usage is recorded and priced; a key appears nowhere but in the client's own head
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 import anthropic
 import httpx
@@ -18,6 +20,7 @@ import openai
 import pytest
 import trio
 import trio.testing
+from trio_websocket import ConnectionRejected, wrap_client_stream
 
 from nexus_trio.policy.budget import cost_usd
 from nexus_trio.store.base import UsageRecord
@@ -285,3 +288,38 @@ async def test_the_dashboard_data_needs_a_key_and_its_page_does_not(start_nexus:
     with pytest.raises(httpx.HTTPError):
         async with nexus.http.stream("GET", "/ws") as response:
             response.raise_for_status()
+
+
+async def test_the_dashboard_feed_takes_its_key_as_a_subprotocol(start_nexus: Any) -> None:
+    nexus = await start_nexus([sim("a")], auth=AUTH)
+    key, _ = await nexus.gateway.keyring.create("ops")
+    address = urlsplit(nexus.url)
+    assert address.hostname is not None
+    assert address.port is not None
+
+    statuses: list[int] = []
+
+    async def first_message(subprotocols: list[str]) -> dict[str, Any]:
+        """The first message of the feed, or the status it was refused with."""
+        stream = await trio.open_tcp_stream(address.hostname, address.port)
+        try:
+            async with trio.open_nursery() as nursery:
+                ws = await wrap_client_stream(
+                    nursery, stream, address.hostname, "/ws", subprotocols=subprotocols
+                )
+                try:
+                    assert ws.subprotocol == "nexus-key"
+                    message: dict[str, Any] = json.loads(await ws.get_message())
+                    return message
+                finally:
+                    await ws.aclose()
+        except* ConnectionRejected as refused:
+            (rejection,) = refused.exceptions
+            assert isinstance(rejection, ConnectionRejected)
+            statuses.append(rejection.status_code)
+        finally:
+            await stream.aclose()
+        return {"refused": statuses[-1]}
+
+    assert (await first_message(["nexus-key", key]))["update_type"] == "Snapshot"
+    assert await first_message(["nexus-key", "nx-wrong"]) == {"refused": 403}

@@ -17,6 +17,7 @@ from quart import Blueprint, Response, websocket
 
 from nexus_trio import __version__
 from nexus_trio.catalog import listed_models
+from nexus_trio.gatekeeper import KEY_SUBPROTOCOL
 from nexus_trio.gateway import Gateway
 from nexus_trio.observe.views import backend_view
 
@@ -84,6 +85,10 @@ def make_dashboard_blueprint(gateway: Gateway) -> Blueprint:
     @blueprint.websocket("/ws")
     async def feed() -> None:
         code, reason = CLOSE_GOING_AWAY, "Nexus is shutting down"
+        if KEY_SUBPROTOCOL in websocket.requested_subprotocols:
+            # The page sent its key as a subprotocol (browsers cannot set headers on a
+            # WebSocket); the door has checked it. Choosing it completes the handshake.
+            await websocket.accept(subprotocol=KEY_SUBPROTOCOL)
         with gateway.observer.feed.subscribe() as messages:
             async with trio.open_nursery() as nursery:
 

@@ -512,6 +512,18 @@
     return `${scheme}//${location.host}/ws`;
   }
 
+  // With keys on, the page is opened as /#key=nx-…: the key stays in this tab (never in a
+  // URL sent anywhere) and is offered as a WebSocket subprotocol, which browsers allow.
+  const KEY_STORE = "nexus-key";
+  function feedKey() {
+    const match = /(?:^#|&)key=([A-Za-z0-9_-]+)/.exec(location.hash);
+    if (match) {
+      sessionStorage.setItem(KEY_STORE, match[1]);
+      history.replaceState(null, "", location.pathname + location.search);
+    }
+    return sessionStorage.getItem(KEY_STORE);
+  }
+
   function connect() {
     clearTimeout(conn.retryTimer);
     clearInterval(conn.countdownTimer);
@@ -519,7 +531,8 @@
     else setConnection("disconnected", "disconnected — reconnecting…");
     let socket;
     try {
-      socket = new WebSocket(feedUrl());
+      const key = feedKey();
+      socket = key ? new WebSocket(feedUrl(), ["nexus-key", key]) : new WebSocket(feedUrl());
     } catch (err) {
       console.error("dashboard: cannot open the feed", err);
       reconnectLater(null);
