@@ -46,6 +46,8 @@ def bench(session: nox.Session) -> None:
     # What translation costs: the relay through /v1/messages and /v1/responses beside chat.
     quick = ["--quick"] if "--quick" in session.posargs else []
     session.run("python", "benchmarks/bench_dialects.py", *quick)
+    # What keys cost a request: auth on beside off.
+    session.run("python", "benchmarks/bench_auth.py", *(["--requests", "100"] if quick else []))
 
 
 @nox.session

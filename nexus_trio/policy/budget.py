@@ -40,6 +40,8 @@ __all__ = [
 ]
 
 WARN_FRACTION = Fraction(4, 5)
+# Below this share of the budget no float rounding can reach the warning.
+_CLEARLY_BELOW_WARNING = float(WARN_FRACTION) * (1 - 1e-9)
 """A key is warned about once it has spent this much of its budget."""
 
 _MTOK = 1_000_000
@@ -128,6 +130,10 @@ def check_budget(spent: float, budget: float | None) -> BudgetStatus:
     """
     if budget is None:
         return BudgetStatus(over=False, remaining=math.inf, warn=False)
+    if spent < _CLEARLY_BELOW_WARNING * budget:
+        # Clearly below the warning (every request of most keys): no exact arithmetic is
+        # needed to decide, and the remainder is shown only from the warning on.
+        return BudgetStatus(over=False, remaining=budget - spent, warn=False)
     # Each amount as the decimal it prints as, so 8 cents of 10 warn at 80% and leave
     # 0.02, where binary floats say 0.08 < 0.8 * 0.1 and leave 0.020000000000000004.
     spent_, budget_ = Fraction(repr(float(spent))), Fraction(repr(float(budget)))
