@@ -22,7 +22,9 @@ import trio
 import trio.testing
 from trio_websocket import ConnectionRejected, wrap_client_stream
 
+from nexus_trio.config import Priority
 from nexus_trio.policy.budget import cost_usd
+from nexus_trio.policy.keys import Caller, KeyRecord
 from nexus_trio.store.base import UsageRecord
 from nexus_trio.testing import Flavor
 
@@ -323,3 +325,23 @@ async def test_the_dashboard_feed_takes_its_key_as_a_subprotocol(start_nexus: An
 
     assert (await first_message(["nexus-key", key]))["update_type"] == "Snapshot"
     assert await first_message(["nexus-key", "nx-wrong"]) == {"refused": 403}
+
+
+@pytest.mark.parametrize(
+    ("own", "asked", "expected"),
+    [
+        (Priority.HIGH, Priority.LOW, Priority.LOW),
+        (Priority.NORMAL, Priority.LOW, Priority.LOW),
+        (Priority.LOW, Priority.HIGH, Priority.LOW),  # never raised
+        (Priority.NORMAL, Priority.HIGH, Priority.NORMAL),
+        (Priority.HIGH, None, Priority.HIGH),
+    ],
+)
+def test_a_request_may_lower_its_priority_never_raise_it(
+    own: Priority, asked: Priority | None, expected: Priority
+) -> None:
+    record = KeyRecord("k", "hash", "nx-abcdef", 0.0, priority=own)
+    assert Caller("k", record, lowered=asked).priority is expected
+    assert Caller("anonymous", None, lowered=asked).priority is (
+        Priority.LOW if asked is Priority.LOW else Priority.NORMAL
+    )

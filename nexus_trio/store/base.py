@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+import trio
+
 from nexus_trio.policy.keys import KeyRecord
 
 __all__ = ["Store", "UsageRecord", "UsageRow"]
@@ -65,6 +67,12 @@ class Store(Protocol):
 
     async def flush(self) -> None:
         """Write every queued usage record now."""
+
+    async def run_writer(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Write queued usage in batches until cancelled (then what is left); `serve_nexus`
+        runs it under its root nursery."""
 
     async def usage(
         self, *, since: float | None = None, key: str | None = None

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import trio
+
 from nexus_trio.policy.keys import KeyRecord
 from nexus_trio.store.base import UsageRecord, UsageRow
 
@@ -54,6 +56,11 @@ class MemoryStore:
 
     async def flush(self) -> None:
         pass
+
+    async def run_writer(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        task_status.started()  # nothing to write: records are kept as they come
 
     async def usage(
         self, *, since: float | None = None, key: str | None = None
