@@ -595,6 +595,7 @@ class Registry:
         report no longer holds); ``in_flight_before``: Nexus's requests in flight there
         when the read was sent. Published as an ``engine`` event when it differs from the
         last one; rosters are built again only when what is loaded changed."""
+        was_queueing = backend.queueing
         previous, backend.engine = backend.engine, report
         if report is not None and report.slots is not None and report.slots != backend.slots:
             backend.slots = report.slots  # llama.cpp's /slots counts them as /props does
@@ -620,6 +621,10 @@ class Registry:
             self._rosters.clear()  # they order by what is loaded
         if report != previous:
             self._publish(RegistryEvent("engine", backend.name), rosters_stale=False)
+        if was_queueing and not backend.queueing and self.slot_freed_hook is not None:
+            # Its own queue drained (other clients' requests ended): room, as when a slot
+            # of Nexus's frees, for whoever waits in Nexus's queue.
+            self.slot_freed_hook(backend)
         self._engine_read.unpark_all()
 
     def _set_engine_capacity(self, backend: Backend) -> None:

@@ -470,3 +470,35 @@ async def test_a_cold_start_gets_its_own_time_for_the_first_token(
         with pytest.raises(openai.APIStatusError) as raised:
             await client.chat.completions.create(model=MODEL, messages=CHAT["messages"])
         assert raised.value.status_code == status
+
+
+async def test_a_request_waits_in_nexus_queue_while_every_server_queues_its_own(
+    start_nexus: Any,
+) -> None:
+    full = sim("full", Flavor.LLAMACPP, busy_elsewhere=2)  # both slots another client's
+    nexus = await start_nexus([full], routing=FAST_READS)
+    await read_until(nexus, lambda r: r.get("full").queueing)
+    served: list[int] = []
+    async with trio.open_nursery() as nursery:
+
+        async def one() -> None:
+            response = await nexus.http.post("/v1/chat/completions", json=CHAT)
+            served.append(response.status_code)
+
+        nursery.start_soon(one)
+        with trio.fail_after(10):
+            while len(nexus.gateway.queue) < 1:  # it waits in Nexus's fair queue...
+                await trio.testing.wait_all_tasks_blocked(cushion=0.01)
+        assert full.stats.chat_requests == 0  # ...not in the server's
+        full.busy_elsewhere = 0  # the other client's requests end: the next read wakes it
+    assert served == [200]
+    assert full.stats.chat_requests == 1
+
+
+async def test_without_a_queue_the_server_queues_it(start_nexus: Any) -> None:
+    full = sim("full", Flavor.LLAMACPP, busy_elsewhere=2)
+    nexus = await start_nexus([full], routing=FAST_READS, queue={"max_size": 0})
+    await read_until(nexus, lambda r: r.get("full").queueing)
+    response = await nexus.http.post("/v1/chat/completions", json=CHAT)
+    assert response.status_code == 200  # the simulated server answers at once anyway
+    assert full.stats.chat_requests == 1

@@ -105,16 +105,23 @@ async def plan_route_patiently(
                 raise
             refused.append(exc)
             return None
-        if admit is None:
-            return decision
-        kept = [c for c in decision.candidates if admit(c)]
-        if kept:
-            return decision._replace(candidates=kept)
-        refused.append(NoHealthyBackend(
-            f"Every backend that could serve {needs.model!r} has been tried or is out of "
-            "rotation; retry in a few seconds."
-        ))  # fmt: skip
-        return None
+        if admit is not None:
+            kept = [c for c in decision.candidates if admit(c)]
+            if not kept:
+                refused.append(NoHealthyBackend(
+                    f"Every backend that could serve {needs.model!r} has been tried or is "
+                    "out of rotation; retry in a few seconds."
+                ))  # fmt: skip
+                return None
+            decision = decision._replace(candidates=kept)
+        if queue is not None and queue.enabled and _all_queueing(decision):
+            # Each would queue it inside itself (slots full, or a reported queue): wait
+            # in Nexus's fair queue instead, woken when one has room again.
+            raise BackendsBusy(
+                f"Every backend that can serve {needs.model!r} is full: its own queue is "
+                "not empty. Retry shortly."
+            )
+        return decision
 
     try:
         decision = await wait_for_rotation(registry, look, wait)
@@ -126,6 +133,12 @@ async def plan_route_patiently(
     if decision is None:
         raise refused[-1]
     return decision
+
+
+def _all_queueing(decision: RouteDecision) -> bool:
+    """Whether every candidate would have to queue the request inside its server. Cheap
+    in the common case: the first candidate's answer settles it when it has room."""
+    return all(c.backend.queueing for c in decision.candidates)
 
 
 async def _wait_in_queue(
