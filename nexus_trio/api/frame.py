@@ -249,12 +249,12 @@ async def serve_inference(
                     # embeddings' input.
                     payload = chat.payload
                     messages = payload.get("messages", payload.get("prompt", payload.get("input")))
-                    beats = trio.CancelScope()
-                    if dialect.keeps_alive:
-                        nursery.start_soon(_keep_alive, writer, beats)
                     admission = await gateway.gatekeeper.admit(
                         caller, chat.needs.model, downstream.extra_headers
                     )
+                    beats = trio.CancelScope()
+                    if dialect.keeps_alive:
+                        nursery.start_soon(_keep_alive, writer, beats)
                     caller = _with_priority_asked(scope, caller)
                     if must_stay_local(scope, caller):
                         chat = replace(chat, needs=replace(chat.needs, local_only=True))
