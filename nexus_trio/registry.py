@@ -410,6 +410,9 @@ class Roster:
     ready: tuple[RosterEntry, ...]
     shortest_context: int | None  # the least context length known among ``ready``
     capabilities_known: bool  # some backend in ``ready`` said what the model can do
+    # Some backend in ``ready`` has a known point where it queues (`Backend.queueing`);
+    # routing skips that test when none has (`Registry` rebuilds rosters when it changes).
+    bounded: bool = True
 
     @classmethod
     def of(cls, backends: Iterable[Backend], model: str) -> Roster:
@@ -434,6 +437,7 @@ class Roster:
             ready,
             min(contexts, default=None),
             any(e[1].capabilities is not None for e in ready),
+            any(math.isfinite(b.engine_capacity) for b in serving),
         )
 
 
@@ -631,12 +635,15 @@ class Registry:
         """How many requests the server runs before it queues: its slots (llama.cpp), or
         as many as it was running while others waited (vLLM); else no limit is known."""
         report = backend.engine
+        was = backend.engine_capacity
         if backend.slots is not None:
             backend.engine_capacity = backend.slots
         elif report is not None and report.waiting and report.running is not None:
             backend.engine_capacity = report.running
         else:
             backend.engine_capacity = math.inf
+        if math.isinf(was) != math.isinf(backend.engine_capacity):
+            self._rosters.clear()  # whether they test for queueing at all
 
     async def wait_engine_read(self) -> None:
         """Block until the next engine report of any backend is taken in."""

@@ -188,6 +188,7 @@ def rank(
     *,
     turn: int,
     rng: random.Random | None = None,
+    bounded: bool = True,
 ) -> Iterator[tuple[Backend, Why]] | None:
     """Those of ``entries`` not at their max_concurrency, ordered by the strategy, best
     first; None when there are none. Equal ones rotate with ``turn``.
@@ -195,7 +196,9 @@ def rank(
     Yields (backend, why) pairs: ``why`` holds the strategy and the numbers it ranked by
     (`Candidate.reason` puts them in words). The numbers are read now; the order as it
     is read, since a request reads one backend of a fleet or a few: the first costs one
-    pass over the rows, the rest a sort (`_in_order`).
+    pass over the rows, the rest a sort (`_in_order`). ``bounded`` False says that no
+    backend of ``entries`` has a known point where it queues (`Roster.bounded`), so
+    ``smart`` need not test for it.
     """
     if strategy is Strategy.RANDOM or strategy is Strategy.ROUND_ROBIN:
         free = [entry[0] for entry in entries if entry[0].in_flight < entry[5]]
@@ -237,6 +240,14 @@ def rank(
     # it has been starting its answers. A backend without a TTFT sample yet ranks as the
     # best of its peers, so it gets one. (Affinity, between coldness and load, is
     # `_may_prefer`'s.)
+    if not bounded:  # no backend here has a known point where it queues: no test for it
+        rows = [
+            (priority, coldness, (b.in_flight + b.engine_others) / cap,
+             b.ttft_ewma_seconds or 0.0, i, b)
+            for i, (b, _, priority, coldness, cap, limit) in enumerate(rotated)
+            if b.in_flight < limit
+        ]  # fmt: skip
+        return _in_order(rows, lambda row: _smart_why(row[-1], (row[0], False, *row[1:3])))
     rows = [
         (
             priority,
@@ -463,7 +474,7 @@ def plan_route(
     for position, name in enumerate(chain):
         roster = rosters(name) if rosters else Roster.of(backends, name)
         eligible = _eligible(roster, needs)
-        ranked = rank(eligible, routing.strategy, turn=turn, rng=rng)
+        ranked = rank(eligible, routing.strategy, turn=turn, rng=rng, bounded=roster.bounded)
         if ranked is None:
             if roster.listing:
                 first_error = first_error or _why_none(name, roster.listing, needs)
