@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import trio
 
 from nexus_trio.policy.keys import KeyRecord
 
-__all__ = ["Store", "UsageRecord", "UsageRow"]
+__all__ = ["Store", "UsageRecord", "UsageRow", "merge_usage", "sum_usage"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +45,29 @@ class UsageRow:
     prompt_tokens: int
     completion_tokens: int
     cost_usd: float
+
+
+def merge_usage(*groups: Sequence[UsageRow]) -> list[UsageRow]:
+    """Rows of several sources summed by (key, model, backend), in that order."""
+    totals: dict[tuple[str, str, str], list[Any]] = {}
+    for rows in groups:
+        for row in rows:
+            t = totals.setdefault((row.key, row.model, row.backend), [0, 0, 0, 0.0])
+            t[0] += row.requests
+            t[1] += row.prompt_tokens
+            t[2] += row.completion_tokens
+            t[3] += row.cost_usd
+    return [UsageRow(*group, *t) for group, t in sorted(totals.items())]
+
+
+def sum_usage(records: Sequence[UsageRecord]) -> list[UsageRow]:
+    """Records summed by (key, model, backend), in that order."""
+    return merge_usage(
+        [
+            UsageRow(r.key, r.model, r.backend, 1, r.prompt_tokens, r.completion_tokens, r.cost_usd)
+            for r in records
+        ]
+    )
 
 
 class Store(Protocol):

@@ -8,28 +8,9 @@ from collections.abc import Sequence
 import trio
 
 from nexus_trio.policy.keys import KeyRecord
-from nexus_trio.store.base import UsageRecord, UsageRow
+from nexus_trio.store.base import UsageRecord, UsageRow, sum_usage
 
-__all__ = ["MemoryStore", "sum_usage"]
-
-
-def sum_usage(records: Sequence[UsageRecord]) -> list[UsageRow]:
-    """Records summed by (key, model, backend), in that order."""
-    groups: dict[tuple[str, str, str], list[UsageRecord]] = {}
-    for r in records:
-        groups.setdefault((r.key, r.model, r.backend), []).append(r)
-    return [
-        UsageRow(
-            key,
-            model,
-            backend,
-            len(rs),
-            sum(r.prompt_tokens for r in rs),
-            sum(r.completion_tokens for r in rs),
-            sum(r.cost_usd for r in rs),
-        )
-        for (key, model, backend), rs in sorted(groups.items())
-    ]
+__all__ = ["MemoryStore"]
 
 
 class MemoryStore:

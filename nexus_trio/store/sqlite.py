@@ -31,8 +31,7 @@ import trio
 from nexus_trio.config import Priority, Privacy
 from nexus_trio.errors import ConfigError
 from nexus_trio.policy.keys import KeyRecord
-from nexus_trio.store.base import UsageRecord, UsageRow
-from nexus_trio.store.memory import sum_usage
+from nexus_trio.store.base import UsageRecord, UsageRow, merge_usage, sum_usage
 
 __all__ = [
     "BATCH_SECONDS",
@@ -40,7 +39,6 @@ __all__ = [
     "CLOSE_SECONDS",
     "MIGRATIONS",
     "SqliteStore",
-    "merge_usage",
 ]
 
 log = logging.getLogger("nexus.store")
@@ -88,19 +86,6 @@ Connect = Callable[[str], sqlite3.Connection]
 def _connect(path: str) -> sqlite3.Connection:
     # isolation_level=None: transactions are begun and committed explicitly below.
     return sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-
-
-def merge_usage(*groups: Sequence[UsageRow]) -> list[UsageRow]:
-    """Rows of several sources summed by (key, model, backend), in that order."""
-    totals: dict[tuple[str, str, str], list[Any]] = {}
-    for rows in groups:
-        for row in rows:
-            t = totals.setdefault((row.key, row.model, row.backend), [0, 0, 0, 0.0])
-            t[0] += row.requests
-            t[1] += row.prompt_tokens
-            t[2] += row.completion_tokens
-            t[3] += row.cost_usd
-    return [UsageRow(*group, *t) for group, t in sorted(totals.items())]
 
 
 _KEY_COLUMNS = (
