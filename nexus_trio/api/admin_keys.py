@@ -14,9 +14,9 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, date, datetime
 from typing import Any, Final
 
-from nexus_trio.config import Priority, Privacy
+from nexus_trio.config import Period, Priority, Privacy
 from nexus_trio.errors import RequestError
-from nexus_trio.policy.keys import PERIODS, KeyRecord
+from nexus_trio.policy.keys import KeyRecord
 from nexus_trio.store.base import UsageRow
 
 __all__ = [
@@ -136,7 +136,7 @@ def _read(name: str, value: object) -> Any:
     if name == "budget_usd":
         return _budget(name, value)
     if name == "period":
-        return _choice(name, value, PERIODS)
+        return Period(_choice(name, value, (p.value for p in Period)))
     if name == "privacy":
         return Privacy(_choice(name, value, (p.value for p in Privacy)))
     if name == "priority":

@@ -27,7 +27,7 @@ from nexus_trio.cli.output import (
     render_table,
     strings,
 )
-from nexus_trio.config import Priority, Privacy
+from nexus_trio.config import Period, Priority, Privacy
 
 __all__ = [
     "Limit",
@@ -49,13 +49,6 @@ USAGE_NOTE: Final = (
     "Requests, tokens and cost are this period's (UTC): since the 1st of the month,\n"
     "or since midnight for a key with a daily budget."
 )
-
-
-class Period(enum.StrEnum):
-    """How often a key's budget starts again (at midnight UTC, or the 1st of the month)."""
-
-    DAY = "day"
-    MONTH = "month"
 
 
 class Limit(enum.StrEnum):

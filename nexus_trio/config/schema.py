@@ -59,6 +59,7 @@ __all__ = [
     "LoggingSettings",
     "MidStream",
     "ModelOverride",
+    "Period",
     "Priority",
     "Privacy",
     "QueueSettings",
@@ -115,6 +116,13 @@ class Privacy(enum.StrEnum):
 
     LOCAL = "local"  # local backends only, never a cloud one
     ANY = "any"
+
+
+class Period(enum.StrEnum):
+    """How often a key's budget starts again (UTC): at midnight, or on the 1st."""
+
+    DAY = "day"
+    MONTH = "month"
 
 
 class Priority(enum.StrEnum):

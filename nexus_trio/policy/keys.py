@@ -17,14 +17,13 @@ import hmac
 import secrets
 from dataclasses import dataclass, field
 
-from nexus_trio.config import Priority, Privacy
+from nexus_trio.config import Period, Priority, Privacy
 
 __all__ = [
     "ANONYMOUS",
     "KEY_PREFIX",
     "Caller",
     "KeyRecord",
-    "Period",
     "hash_key",
     "key_matches",
     "new_key",
@@ -34,9 +33,6 @@ __all__ = [
 KEY_PREFIX = "nx-"
 _RANDOM_CHARS = 40  # token_urlsafe(30) gives 40 characters: 240 bits
 _SHOWN = len(KEY_PREFIX) + 6  # "nx-" and six more: enough to tell keys apart in a list
-
-Period = str  # "day" or "month": budgets reset at the start of each (UTC)
-PERIODS = ("day", "month")
 
 
 def new_key() -> str:
@@ -69,7 +65,7 @@ class KeyRecord:
     tpm: int | None = None  # tokens (prompt + completion) per minute
     concurrency: int | None = None  # requests at once
     budget_usd: float | None = None  # spend per period
-    period: Period = "month"
+    period: Period = Period.MONTH
     models: tuple[str, ...] = ()
     privacy: Privacy = Privacy.ANY
     priority: Priority = Priority.NORMAL
@@ -77,6 +73,7 @@ class KeyRecord:
 
     def __post_init__(self) -> None:
         # Whoever builds a record (the admin API, the store) may pass the plain strings.
+        object.__setattr__(self, "period", Period(self.period))
         object.__setattr__(self, "privacy", Privacy(self.privacy))
         object.__setattr__(self, "priority", Priority(self.priority))
         object.__setattr__(self, "models", tuple(self.models))

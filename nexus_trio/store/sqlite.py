@@ -99,7 +99,7 @@ _SAVE_KEY = f"INSERT OR REPLACE INTO keys ({_KEY_COLUMNS}) VALUES ({', '.join('?
 def _key_row(r: KeyRecord) -> tuple[Any, ...]:
     return (
         r.name, r.key_hash, r.prefix, r.created_at, r.rpm, r.tpm, r.concurrency, r.budget_usd,
-        r.period, json.dumps(list(r.models)), r.privacy.value, r.priority.value, r.revoked_at,
+        r.period.value, json.dumps(list(r.models)), r.privacy.value, r.priority.value, r.revoked_at,
     )  # fmt: skip
 
 
